@@ -1,0 +1,201 @@
+"""Engine configuration: pooler settings, task resolution and the resolved model config.
+
+The pooler a model runs with is built in layers of rising precedence
+(DESIGN.md §3): the task's default, the architecture's own default, the
+Sentence-Transformers files, and finally ``override_pooler_config``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Literal
+
+Task = Literal["embed", "classify", "score", "reward", "encode"]
+TASKS: tuple[str, ...] = ("embed", "classify", "score", "reward", "encode")
+TaskOption = Literal["auto", "embed", "classify", "score", "reward", "encode"]
+
+
+class PoolingType(str, Enum):
+    """How hidden states are reduced to the pooled output."""
+
+    CLS = "CLS"
+    MEAN = "MEAN"
+    LAST = "LAST"
+    ALL = "ALL"
+    STEP = "STEP"
+
+    @classmethod
+    def parse(cls, value: str | PoolingType) -> PoolingType:
+        if isinstance(value, PoolingType):
+            return value
+        try:
+            return cls(str(value).upper())
+        except ValueError:
+            names = ", ".join(p.value for p in cls)
+            raise ValueError(f"Unknown pooling_type {value!r}; expected one of {names}") from None
+
+
+@dataclass
+class PoolerConfig:
+    """Partial pooler settings; ``None`` means "not set at this layer".
+
+    Mirrors vLLM's ``PoolerConfig``: ``pooling_type``, ``normalize``,
+    ``activation`` (softmax/sigmoid on classifier and reward outputs; the older
+    name ``softmax`` is accepted), ``dimensions`` (default Matryoshka size),
+    ``step_tag_id`` and ``returned_token_ids`` for STEP pooling.
+    """
+
+    pooling_type: str | None = None
+    normalize: bool | None = None
+    activation: bool | None = None
+    softmax: bool | None = None
+    dimensions: int | None = None
+    step_tag_id: int | None = None
+    returned_token_ids: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.pooling_type is not None:
+            self.pooling_type = PoolingType.parse(self.pooling_type).value
+        if self.softmax is not None and self.activation is None:
+            self.activation = self.softmax
+        self.softmax = None
+
+    @classmethod
+    def coerce(cls, value: PoolerConfig | dict[str, Any] | str | None) -> PoolerConfig:
+        """Accept a PoolerConfig, a dict, or a JSON string (the CLI form)."""
+        if value is None:
+            return cls()
+        if isinstance(value, PoolerConfig):
+            return value
+        if isinstance(value, str):
+            value = json.loads(value)
+        if not isinstance(value, dict):
+            raise TypeError(f"override_pooler_config must be a PoolerConfig, dict or JSON, got {type(value).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"Unknown pooler config field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**value)
+
+    def over(self, base: PoolerConfig) -> PoolerConfig:
+        """Return ``base`` with every field this layer sets replaced."""
+        merged = dataclasses.asdict(base)
+        for key, val in dataclasses.asdict(self).items():
+            if val is not None:
+                merged[key] = val
+        return PoolerConfig(**merged)
+
+    def __repr__(self) -> str:
+        set_fields = ", ".join(f"{k}={v!r}" for k, v in dataclasses.asdict(self).items() if v is not None)
+        return f"PoolerConfig({set_fields})"
+
+
+# The reference document's table of default poolers per task.
+TASK_DEFAULT_POOLERS: dict[str, PoolerConfig] = {
+    "embed": PoolerConfig(pooling_type="LAST", normalize=True, activation=False),
+    "classify": PoolerConfig(pooling_type="LAST", normalize=False, activation=True),
+    # "score" is defined by the model; LAST + activation is the fallback for decoder heads.
+    "score": PoolerConfig(pooling_type="LAST", normalize=False, activation=True),
+    "reward": PoolerConfig(pooling_type="ALL", normalize=False, activation=False),
+    "encode": PoolerConfig(pooling_type="ALL", normalize=False, activation=False),
+}
+
+
+@dataclass
+class DenseSpec:
+    """A Sentence-Transformers ``Dense`` module found in the checkpoint."""
+
+    path: str
+    in_features: int
+    out_features: int
+    bias: bool
+    activation: str
+
+
+@dataclass
+class ModelConfig:
+    """Everything the engine resolved about the model before loading weights."""
+
+    model: str
+    model_path: str
+    served_model_name: str
+    task: str
+    architecture: str
+    head: Literal["none", "sequence", "decoder_score", "token"]
+    hf_config: Any = field(repr=False)
+    pooler_config: PoolerConfig
+    pooler_layers: dict[str, PoolerConfig] = field(repr=False, default_factory=dict)
+    max_model_len: int = 512
+    hidden_size: int = 0
+    embedding_dim: int = 0
+    num_labels: int = 0
+    id2label: dict[int, str] = field(default_factory=dict)
+    problem_type: str | None = None
+    is_matryoshka: bool = False
+    matryoshka_dimensions: list[int] | None = None
+    dense: list[DenseSpec] = field(default_factory=list)
+    do_lower_case: bool = False
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
+    is_sentence_transformer: bool = False
+    trust_remote_code: bool = False
+
+    @property
+    def supported_methods(self) -> frozenset[str]:
+        """The LLM methods this model can serve."""
+        methods = {"encode"}
+        if self.task == "embed":
+            methods |= {"embed", "score"}
+        elif self.task in ("classify", "score"):
+            methods.add("classify")
+            if self.num_labels == 1:
+                methods.add("score")
+        elif self.task == "reward":
+            methods.add("reward")
+        return frozenset(methods)
+
+
+ENCODER_ONLY_SUFFIXES = ("ForMaskedLM", "Model")
+
+
+def is_encoder_only(hf_config: Any) -> bool:
+    """BERT-like bidirectional encoders (their own default pooling is CLS)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    archs = getattr(hf_config, "architectures", None) or []
+    if any("ForCausalLM" in a for a in archs):
+        return False
+    return hf_config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def architecture_kind(architecture: str) -> Literal["sequence", "token", "reward", "base"]:
+    if architecture.endswith("ForSequenceClassification"):
+        return "sequence"
+    if architecture.endswith("ForTokenClassification"):
+        return "token"
+    if architecture.endswith(("RewardModel", "ForProcessRewardModel", "ForRewardModel")):
+        return "reward"
+    return "base"
+
+
+def resolve_task(requested: str, architecture: str, num_labels: int, problem_type: str | None) -> str:
+    """Pick the task for ``task="auto"`` and check an explicit one fits the architecture."""
+    if requested not in ("auto", *TASKS):
+        raise ValueError(f"Unknown task {requested!r}; expected one of auto, {', '.join(TASKS)}")
+    kind = architecture_kind(architecture)
+    if requested == "auto":
+        if kind == "sequence":
+            is_cross_encoder = num_labels == 1 and problem_type != "regression"
+            return "score" if is_cross_encoder else "classify"
+        if kind in ("token", "reward"):
+            return "reward"
+        return "embed"
+    if requested in ("classify", "score") and kind != "sequence":
+        raise ValueError(
+            f"task={requested!r} needs a sequence-classification checkpoint "
+            f"(architecture ...ForSequenceClassification); {architecture} has no classification head"
+        )
+    return requested

@@ -1,0 +1,319 @@
+"""The engine core (tokenize → schedule → run → pool) and the offline ``LLM`` facade."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import ModelConfig, PoolerConfig, TaskOption
+from .inputs import InputProcessor, Prompt, TokenizedPrompt, normalize_prompts
+from .loader import CheckpointFiles, build_model_config, load_dense, load_hf_model, load_tokenizer, resolve_model_path
+from .outputs import (
+    ClassificationOutput,
+    ClassificationRequestOutput,
+    EmbeddingOutput,
+    EmbeddingRequestOutput,
+    PoolingOutput,
+    PoolingRequestOutput,
+    ScoringOutput,
+    ScoringRequestOutput,
+)
+from .params import PoolingParams
+from .pooling import HeadOptions, Pooler, cosine_scores
+from .runner import ModelRunner, select_device, select_dtype
+from .scheduler import SchedulerConfig, schedule
+
+logger = logging.getLogger(__name__)
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+class PoolingEngine:
+    """Runs already-tokenized prompts through the model in token-budget batches.
+
+    Thread-compatible, not thread-safe: one caller at a time (the offline API
+    or the server's single model worker).
+    """
+
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        processor: InputProcessor,
+        runner: ModelRunner,
+        pooler: Pooler,
+        scheduler_config: SchedulerConfig,
+    ) -> None:
+        self.model_config = model_config
+        self.processor = processor
+        self.runner = runner
+        self.pooler = pooler
+        self.scheduler_config = scheduler_config
+
+    def head_options(self, method: str, params: PoolingParams) -> HeadOptions:
+        """Validate ``params`` for ``method`` and merge them over the pooler defaults."""
+        params.verify(method, self.model_config)
+        return self.pooler.options(params)
+
+    def execute(
+        self, prompts: Sequence[TokenizedPrompt], options: Sequence[HeadOptions], use_tqdm: bool = False
+    ) -> list[torch.Tensor]:
+        """Pooled outputs in input order (CPU float32 tensors)."""
+        results: list[torch.Tensor | None] = [None] * len(prompts)
+        batches = schedule([len(p) for p in prompts], self.scheduler_config, self.runner.padded_length)
+        with tqdm(total=len(prompts), desc="Processed prompts", unit="prompt", disable=None if use_tqdm else True) as bar:
+            for batch in batches:
+                members = [prompts[i] for i in batch]
+                states, lengths = self.runner.execute(members)
+                pooled = self.pooler(states, lengths, [p.input_ids for p in members], [options[i] for i in batch])
+                for index, value in zip(batch, pooled):
+                    results[index] = value
+                bar.update(len(batch))
+        return results  # type: ignore[return-value]
+
+
+def _as_params_list(pooling_params: PoolingParams | Sequence[PoolingParams] | None, n: int) -> list[PoolingParams]:
+    if pooling_params is None:
+        return [PoolingParams()] * n
+    if isinstance(pooling_params, PoolingParams):
+        return [pooling_params] * n
+    params = list(pooling_params)
+    if len(params) != n:
+        raise ValueError(f"Got {len(params)} pooling_params for {n} prompts; pass one, or one per prompt")
+    return params
+
+
+class LLM:
+    """Offline pooling-model API, mirroring ``vllm.LLM`` for pooling tasks.
+
+    Args:
+        model: a local checkpoint directory or a hub id; ``None`` is the bundled
+            default (sentence-transformers/all-MiniLM-L6-v2).
+        task: ``auto`` (from the architecture), ``embed``, ``classify``,
+            ``score``, ``reward`` or ``encode``.
+        override_pooler_config: PoolerConfig, dict or JSON; beats every default.
+        hf_overrides: merged into config.json (e.g. ``{"is_matryoshka": True}``).
+        trust_remote_code: passed to transformers.
+        dtype: ``auto``, ``float32``, ``bfloat16`` or ``float16``.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` …
+        max_model_len: lower the length limit (tokens).
+        served_model_name: the name used in messages and by the server.
+        max_num_batched_tokens: padded tokens per forward pass
+            (env ``POOLKIT_MAX_BATCHED_TOKENS``).
+        max_num_seqs: rows per forward pass (env ``POOLKIT_MAX_NUM_SEQS``).
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | None = None,
+        task: TaskOption = "auto",
+        override_pooler_config: PoolerConfig | dict[str, Any] | str | None = None,
+        hf_overrides: dict[str, Any] | None = None,
+        trust_remote_code: bool = False,
+        dtype: str | torch.dtype = "auto",
+        device: str | torch.device = "auto",
+        max_model_len: int | None = None,
+        served_model_name: str | None = None,
+        max_num_batched_tokens: int | None = None,
+        max_num_seqs: int | None = None,
+    ) -> None:
+        model_path = resolve_model_path(model)
+        tokenizer = load_tokenizer(model_path, trust_remote_code)
+        tokenizer_limit = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else None
+        self.model_config = build_model_config(
+            str(model) if model is not None else None,
+            task=task,
+            override_pooler_config=override_pooler_config,
+            hf_overrides=hf_overrides,
+            trust_remote_code=trust_remote_code,
+            max_model_len=max_model_len,
+            served_model_name=served_model_name,
+            tokenizer_max_length=tokenizer_limit,
+        )
+        self.device = select_device(device)
+        self.dtype = select_dtype(dtype, self.device)
+        hf_model = load_hf_model(self.model_config, self.dtype)
+        score_head = None
+        if self.model_config.head == "sequence" and isinstance(getattr(hf_model, "score", None), torch.nn.Linear):
+            # Decoder classifiers: run the backbone and pool ourselves (LAST by default),
+            # so the pooler config applies and padding never leaks into the result.
+            score_head = hf_model.score
+            hf_model = getattr(hf_model, hf_model.base_model_prefix)
+            self.model_config.head = "decoder_score"
+        files = CheckpointFiles(self.model_config.model_path)
+        dense = None
+        if self.model_config.dense:
+            dense = torch.nn.Sequential(*(load_dense(files, spec) for spec in self.model_config.dense))
+        pooler = Pooler(self.model_config, dense=dense, score_head=score_head).to(self.device)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        runner = ModelRunner(hf_model, self.device, self.dtype, pad_token_id=pad_id)
+        scheduler_config = SchedulerConfig(
+            max_num_batched_tokens=max(
+                max_num_batched_tokens or _env_int("POOLKIT_MAX_BATCHED_TOKENS", 8192), self.model_config.max_model_len
+            ),
+            max_num_seqs=max_num_seqs or _env_int("POOLKIT_MAX_NUM_SEQS", 256),
+        )
+        self.engine = PoolingEngine(
+            self.model_config, InputProcessor(tokenizer, self.model_config), runner, pooler, scheduler_config
+        )
+        self._request_counter = itertools.count()
+        logger.info("Loaded %r", self)
+
+    def __repr__(self) -> str:
+        mc = self.model_config
+        return (
+            f"LLM(model={mc.served_model_name!r}, task={mc.task!r}, architecture={mc.architecture}, "
+            f"pooler={mc.pooler_config!r}, max_model_len={mc.max_model_len}, device={self.device}, dtype={self.dtype})"
+        )
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.engine.processor.tokenizer
+
+    def get_tokenizer(self) -> Any:
+        return self.tokenizer
+
+    # -- public methods ---------------------------------------------------
+
+    def encode(
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
+        *,
+        truncate_prompt_tokens: int | None = None,
+        use_tqdm: bool = True,
+    ) -> list[PoolingRequestOutput]:
+        """The pooler's raw output per prompt (``outputs.data``, a tensor)."""
+        tokens, results = self._run("encode", prompts, pooling_params, truncate_prompt_tokens, use_tqdm)
+        return [PoolingRequestOutput(self._next_id(), t.input_ids, PoolingOutput(r)) for t, r in zip(tokens, results)]
+
+    def reward(
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
+        *,
+        truncate_prompt_tokens: int | None = None,
+        use_tqdm: bool = True,
+    ) -> list[PoolingRequestOutput]:
+        """Per-token (ALL) or per-step (STEP) rewards of a reward model."""
+        self._require("reward")
+        return self.encode(prompts, pooling_params, truncate_prompt_tokens=truncate_prompt_tokens, use_tqdm=use_tqdm)
+
+    def embed(
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
+        *,
+        truncate_prompt_tokens: int | None = None,
+        use_tqdm: bool = True,
+    ) -> list[EmbeddingRequestOutput]:
+        """One embedding vector per prompt (``outputs.embedding``, a list of floats)."""
+        tokens, results = self._run("embed", prompts, pooling_params, truncate_prompt_tokens, use_tqdm)
+        return [
+            EmbeddingRequestOutput(self._next_id(), t.input_ids, EmbeddingOutput(r.tolist()))
+            for t, r in zip(tokens, results)
+        ]
+
+    def classify(
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        pooling_params: PoolingParams | Sequence[PoolingParams] | None = None,
+        *,
+        truncate_prompt_tokens: int | None = None,
+        use_tqdm: bool = True,
+    ) -> list[ClassificationRequestOutput]:
+        """Class probabilities per prompt (``outputs.probs``)."""
+        tokens, results = self._run("classify", prompts, pooling_params, truncate_prompt_tokens, use_tqdm)
+        return [
+            ClassificationRequestOutput(self._next_id(), t.input_ids, ClassificationOutput(r.tolist()))
+            for t, r in zip(tokens, results)
+        ]
+
+    def score(
+        self,
+        data_1: Prompt | Sequence[Prompt],
+        data_2: Prompt | Sequence[Prompt],
+        *,
+        truncate_prompt_tokens: int | None = None,
+        use_tqdm: bool = True,
+        pooling_params: PoolingParams | None = None,
+    ) -> list[ScoringRequestOutput]:
+        """Similarity of text pairs: 1:1, 1:N (one query, many documents) or N:N (zipped).
+
+        Cross-encoders score each pair in one forward pass; embedding models
+        use the cosine of the two embeddings.
+        """
+        self._require("score")
+        left, right = pair_up(normalize_prompts(data_1), normalize_prompts(data_2))
+        params = pooling_params or PoolingParams()
+        if self.model_config.task == "embed":
+            unique = list({_key(p): p for p in (*left, *right)}.values())
+            tokens = self.engine.processor.encode(unique, truncate_prompt_tokens)
+            options = [self.engine.head_options("embed", PoolingParams())] * len(unique)
+            vectors = dict(zip((_key(p) for p in unique), zip(tokens, self.engine.execute(tokens, options, use_tqdm))))
+            pairs = [(vectors[_key(a)], vectors[_key(b)]) for a, b in zip(left, right)]
+            scores = cosine_scores([a[1] for a, _ in pairs], [b[1] for _, b in pairs])
+            return [
+                ScoringRequestOutput(self._next_id(), a[0].input_ids + b[0].input_ids, ScoringOutput(s))
+                for (a, b), s in zip(pairs, scores)
+            ]
+        tokens = self.engine.processor.encode_pairs(left, right, truncate_prompt_tokens)
+        options = [self.engine.head_options("score", params)] * len(tokens)
+        results = self.engine.execute(tokens, options, use_tqdm)
+        return [
+            ScoringRequestOutput(self._next_id(), t.input_ids, ScoringOutput(float(r.reshape(-1)[0])))
+            for t, r in zip(tokens, results)
+        ]
+
+    # -- internals --------------------------------------------------------
+
+    def _next_id(self) -> str:
+        return str(next(self._request_counter))
+
+    def _require(self, method: str) -> None:
+        if method not in self.model_config.supported_methods:
+            supported = ", ".join(sorted(self.model_config.supported_methods))
+            raise ValueError(
+                f"LLM.{method}() is not supported by model {self.model_config.served_model_name!r} "
+                f"(task={self.model_config.task!r}); it supports: {supported}"
+            )
+
+    def _run(
+        self,
+        method: str,
+        prompts: Prompt | Sequence[Prompt],
+        pooling_params: PoolingParams | Sequence[PoolingParams] | None,
+        truncate_prompt_tokens: int | None,
+        use_tqdm: bool,
+    ) -> tuple[list[TokenizedPrompt], list[torch.Tensor]]:
+        self._require(method)
+        items = normalize_prompts(prompts)
+        params = _as_params_list(pooling_params, len(items))
+        options = [self.engine.head_options(method, p) for p in params]
+        if not items:
+            return [], []
+        tokens = self.engine.processor.encode(items, truncate_prompt_tokens)
+        return tokens, self.engine.execute(tokens, options, use_tqdm)
+
+
+def _key(prompt: Prompt) -> Any:
+    return prompt if isinstance(prompt, str) else tuple(prompt)
+
+
+def pair_up(left: list[Prompt], right: list[Prompt]) -> tuple[list[Prompt], list[Prompt]]:
+    """Expand 1:1, 1:N and N:N inputs into two equally long lists."""
+    if len(left) == 1 and len(right) >= 1:
+        return left * len(right), right
+    if len(left) == len(right):
+        return left, right
+    raise ValueError(
+        f"score() takes 1:1, 1:N or N:N inputs; got {len(left)} first and {len(right)} second prompts"
+    )

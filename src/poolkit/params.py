@@ -1,0 +1,77 @@
+"""Per-request pooling parameters and their validation against the model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import ModelConfig
+
+# Which PoolingParams fields make sense for which method.
+_APPLICABLE: dict[str, frozenset[str]] = {
+    "embed": frozenset({"dimensions", "normalize"}),
+    "encode": frozenset({"dimensions", "normalize", "activation"}),
+    "classify": frozenset({"activation"}),
+    "score": frozenset({"activation"}),
+    "reward": frozenset({"activation"}),
+}
+
+
+def matryoshka_unsupported(name: str) -> str:
+    return (
+        f'Model "{name}" does not support matryoshka representation, '
+        "changing output dimensions will lead to poor results."
+    )
+
+
+def matryoshka_dimension_unsupported(name: str, dims: list[int]) -> str:
+    return (
+        f'Model "{name}" only supports {dims} matryoshka dimensions, '
+        "use other output dimensions will lead to poor results."
+    )
+
+
+@dataclass(frozen=True)
+class PoolingParams:
+    """Request-level pooling options, as in vLLM.
+
+    Args:
+        dimensions: Matryoshka output size (embedding models that support it);
+            the vector is truncated, then re-normalized.
+        normalize: override the pooler's L2 normalization for this request.
+        activation: override softmax/sigmoid on classifier or reward outputs.
+    """
+
+    dimensions: int | None = None
+    normalize: bool | None = None
+    activation: bool | None = None
+
+    def set_fields(self) -> list[str]:
+        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
+
+    def verify(self, method: str, model_config: ModelConfig) -> None:
+        """Raise ``ValueError`` when a field does not apply to ``method`` or the model."""
+        not_applicable = [f for f in self.set_fields() if f not in _APPLICABLE[method]]
+        if not_applicable:
+            raise ValueError(
+                f"PoolingParams field(s) {', '.join(not_applicable)} do not apply to "
+                f"{method} on a {model_config.task} model"
+            )
+        if self.dimensions is not None:
+            if method == "encode" and model_config.task != "embed":
+                raise ValueError("PoolingParams field(s) dimensions do not apply to encode on a "
+                                 f"{model_config.task} model")
+            name = model_config.served_model_name
+            if not model_config.is_matryoshka:
+                raise ValueError(matryoshka_unsupported(name))
+            dims = model_config.matryoshka_dimensions
+            if dims is not None:
+                if self.dimensions not in dims:
+                    raise ValueError(matryoshka_dimension_unsupported(name, dims))
+            elif self.dimensions < 1:
+                raise ValueError("Dimensions must be greater than 0")
+            if self.dimensions > model_config.embedding_dim:
+                raise ValueError(
+                    f"Dimensions must be at most the model's embedding size ({model_config.embedding_dim})"
+                )

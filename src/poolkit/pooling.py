@@ -1,0 +1,158 @@
+"""Pooling and heads: hidden states → pooled vectors → normalize / activation / Matryoshka.
+
+Small modules in the spirit of Sentence-Transformers (Pooling, Dense,
+Normalize) operating on right-padded batches with known lengths, so the
+padding side of the tokenizer never matters. All maths runs in float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig, PoolerConfig, PoolingType
+from .params import PoolingParams
+
+Activation = Literal["softmax", "sigmoid", "identity"]
+
+
+def classification_activation(problem_type: str | None, num_labels: int) -> Activation:
+    """Activation implied by the head, as transformers' losses interpret it."""
+    if problem_type == "multi_label_classification":
+        return "sigmoid"
+    if problem_type == "regression":
+        return "identity"
+    if num_labels == 1:
+        return "sigmoid"
+    return "softmax"
+
+
+def apply_activation(logits: torch.Tensor, activation: Activation) -> torch.Tensor:
+    logits = logits.float()
+    if activation == "softmax":
+        return torch.softmax(logits, dim=-1)  # subtracts the row max: stable for large logits
+    if activation == "sigmoid":
+        return torch.sigmoid(logits)
+    return logits
+
+
+def pool_sequences(states: torch.Tensor, lengths: torch.Tensor, pooling_type: PoolingType) -> torch.Tensor:
+    """Reduce right-padded ``(B, L, D)`` states to ``(B, D)`` using true lengths."""
+    states = states.float()
+    if pooling_type is PoolingType.CLS:
+        return states[:, 0]
+    if pooling_type is PoolingType.LAST:
+        return states[torch.arange(states.shape[0], device=states.device), lengths - 1]
+    if pooling_type is PoolingType.MEAN:
+        positions = torch.arange(states.shape[1], device=states.device)
+        mask = (positions[None, :] < lengths[:, None]).unsqueeze(-1).to(states.dtype)
+        return (states * mask).sum(dim=1) / lengths[:, None].to(states.dtype)
+    raise ValueError(f"{pooling_type.value} pooling yields per-token outputs, not one vector")
+
+
+def pool_tokens(
+    states: torch.Tensor,
+    lengths: torch.Tensor,
+    input_ids: Sequence[Sequence[int]],
+    pooling_type: PoolingType,
+    step_tag_id: int | None = None,
+    returned_token_ids: Sequence[int] | None = None,
+) -> list[torch.Tensor]:
+    """ALL / STEP pooling: one ``(tokens, D)`` tensor per sequence."""
+    out = []
+    for row, length in enumerate(lengths.tolist()):
+        tokens = states[row, :length].float()
+        if returned_token_ids:
+            tokens = tokens[:, list(returned_token_ids)]
+        if pooling_type is PoolingType.STEP and step_tag_id is not None:
+            ids = torch.as_tensor(input_ids[row][:length], device=tokens.device)
+            tokens = tokens[ids == step_tag_id]
+        out.append(tokens)
+    return out
+
+
+@dataclass(frozen=True)
+class HeadOptions:
+    """The effective per-request head settings (pooler defaults + PoolingParams)."""
+
+    normalize: bool
+    activation: bool
+    dimensions: int | None
+
+
+class Pooler(nn.Module):
+    """Pooling type + optional Dense stack + head, built from the resolved PoolerConfig."""
+
+    def __init__(self, model_config: ModelConfig, dense: nn.Module | None = None, score_head: nn.Module | None = None):
+        super().__init__()
+        self.model_config = model_config
+        self.config: PoolerConfig = model_config.pooler_config
+        self.pooling_type = PoolingType.parse(self.config.pooling_type or "LAST")
+        self.dense = dense
+        self.score_head = score_head
+        self.activation_kind = classification_activation(model_config.problem_type, model_config.num_labels)
+        if model_config.task == "reward":
+            # Reward heads: softmax over labels when several, sigmoid for a single logit.
+            self.activation_kind = "softmax" if model_config.num_labels > 1 else "sigmoid"
+
+    @property
+    def per_token(self) -> bool:
+        return self.pooling_type in (PoolingType.ALL, PoolingType.STEP)
+
+    def options(self, params: PoolingParams) -> HeadOptions:
+        return HeadOptions(
+            normalize=self.config.normalize if params.normalize is None else params.normalize,
+            activation=self.config.activation if params.activation is None else params.activation,
+            dimensions=params.dimensions if params.dimensions is not None else self.config.dimensions,
+        )
+
+    def forward(
+        self,
+        states: torch.Tensor,
+        lengths: torch.Tensor,
+        input_ids: Sequence[Sequence[int]],
+        options: Sequence[HeadOptions],
+    ) -> list[torch.Tensor]:
+        """Pooled, head-applied results for one batch, moved to CPU."""
+        if self.model_config.head == "sequence":
+            pooled = states.float()  # (B, num_labels) logits straight from the HF head
+            return [self._activate(row, opt) for row, opt in zip(pooled.cpu(), options)]
+        if self.per_token:
+            step_tag = self.config.step_tag_id if self.pooling_type is PoolingType.STEP else None
+            rows = pool_tokens(states, lengths, input_ids, self.pooling_type, step_tag, self.config.returned_token_ids)
+            return [self._token_head(row.cpu(), opt) for row, opt in zip(rows, options)]
+        pooled = pool_sequences(states, lengths, self.pooling_type)
+        if self.dense is not None:
+            pooled = self.dense(pooled.to(next(self.dense.parameters()).dtype)).float()
+        if self.score_head is not None:
+            pooled = self.score_head(pooled.to(self.score_head.weight.dtype)).float()
+            return [self._activate(row, opt) for row, opt in zip(pooled.cpu(), options)]
+        return [self._embedding_head(row, opt) for row, opt in zip(pooled.cpu(), options)]
+
+    def _activate(self, logits: torch.Tensor, opt: HeadOptions) -> torch.Tensor:
+        return apply_activation(logits, self.activation_kind if opt.activation else "identity")
+
+    def _token_head(self, tokens: torch.Tensor, opt: HeadOptions) -> torch.Tensor:
+        if self.model_config.head == "token" or self.model_config.task == "reward":
+            return self._activate(tokens, opt)
+        return F.normalize(tokens, p=2, dim=-1) if opt.normalize else tokens
+
+    @staticmethod
+    def _embedding_head(vector: torch.Tensor, opt: HeadOptions) -> torch.Tensor:
+        if opt.dimensions is not None:
+            vector = vector[: opt.dimensions]  # Matryoshka: truncate first, then re-normalize
+        return F.normalize(vector, p=2, dim=-1) if opt.normalize else vector
+
+
+def cosine_scores(left: Sequence[torch.Tensor], right: Sequence[torch.Tensor]) -> list[float]:
+    """Pairwise cosine similarity of two equally long lists of vectors."""
+    if not left:
+        return []
+    a = torch.stack([t.float() for t in left])
+    b = torch.stack([t.float() for t in right])
+    return F.cosine_similarity(a, b, dim=-1).tolist()
