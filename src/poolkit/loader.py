@@ -180,7 +180,7 @@ def build_model_config(
         head = "sequence"  # refined to "decoder_score" once the module is loaded
     elif resolved_task == "reward" and architecture_kind(architecture) == "token":
         head = "token"
-    if resolved_task == "embed" and is_encoder_only(hf_config):
+    if resolved_task in ("embed", "classify", "score") and is_encoder_only(hf_config):
         layers["architecture"] = PoolerConfig(pooling_type="CLS")
     if resolved_task == "reward" and architecture.endswith("ForProcessRewardModel"):
         layers["architecture"] = PoolerConfig(pooling_type="STEP", activation=True)

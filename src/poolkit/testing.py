@@ -1,0 +1,178 @@
+"""Tiny random checkpoints with locally trained tokenizers, for tests, notebooks and demos.
+
+No hub access: tokenizers are trained on a few hundred sentences and models
+are initialised from transformers configs with a fixed seed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+Kind = Literal[
+    "encoder",           # BertModel (embedding; architecture default CLS)
+    "decoder",           # LlamaModel (embedding with LAST pooling)
+    "classifier",        # BertForSequenceClassification, 3 labels, softmax
+    "multilabel",        # BertForSequenceClassification, 4 labels, sigmoid
+    "regression",        # BertForSequenceClassification, 1 label, problem_type=regression
+    "cross-encoder",     # BertForSequenceClassification, 1 label (score)
+    "decoder-classifier",  # LlamaForSequenceClassification, 3 labels
+    "reward",            # LlamaForTokenClassification, 2 labels (per-token rewards)
+]
+
+SAMPLE_TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Paris is the capital and most populous city of France.",
+    "Berlin is the capital of Germany.",
+    "Embedding models map text to dense vectors.",
+    "A cross-encoder scores a query and a document together.",
+    "Step one: add the numbers. Step two: divide by two.",
+    "Rerankers reorder retrieved passages by relevance.",
+    "Vector search finds the nearest neighbours of a query.",
+    "Machine learning models learn patterns from data.",
+    "What is the capital of France?",
+]
+
+
+def _corpus(extra: Iterable[str] = ()) -> list[str]:
+    words = [w.strip(".,?!:") for t in SAMPLE_TEXTS for w in t.split()]
+    return [*SAMPLE_TEXTS, *extra, " ".join(words), " ".join(reversed(words))]
+
+
+def build_wordpiece_tokenizer(path: Path, texts: Iterable[str] = (), vocab_size: int = 400) -> Any:
+    """A BERT-style uncased WordPiece tokenizer ([CLS] a [SEP] b [SEP], token types)."""
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertTokenizerFast
+
+    trainer = BertWordPieceTokenizer(lowercase=True)
+    trainer.train_from_iterator(_corpus(texts), vocab_size=vocab_size, min_frequency=1)
+    path.mkdir(parents=True, exist_ok=True)
+    trainer.save_model(str(path))
+    tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True, model_max_length=128)
+    tokenizer.save_pretrained(str(path))
+    return tokenizer
+
+
+def build_bpe_tokenizer(path: Path, texts: Iterable[str] = (), vocab_size: int = 400, step_tag: str | None = None) -> Any:
+    """A byte-level BPE tokenizer for decoders: <s> prefix, no pad token of its own."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers, decoders
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>"] + ([step_tag] if step_tag else [])
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(_corpus(texts), trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials))
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A </s> $B", special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", model_max_length=128
+    )
+    if step_tag:
+        tokenizer.add_special_tokens({"additional_special_tokens": [step_tag]})
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(str(path))
+    return tokenizer
+
+
+def _bert_config(vocab_size: int, **kwargs: Any) -> Any:
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=128, **kwargs,
+    )
+
+
+def _llama_config(vocab_size: int, **kwargs: Any) -> Any:
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=64, max_position_embeddings=128, **kwargs,
+    )
+
+
+def build_tiny_checkpoint(path: str | Path, kind: Kind, *, seed: int = 0, padding_side: str = "right") -> Path:
+    """Write a tiny random checkpoint of ``kind`` (weights, config, tokenizer) to ``path``."""
+    import transformers as tf
+
+    path = Path(path)
+    torch.manual_seed(seed)
+    if kind in ("decoder", "decoder-classifier", "reward"):
+        tokenizer = build_bpe_tokenizer(path, step_tag="<step>" if kind == "reward" else None)
+        ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+               "pad_token_id": tokenizer.eos_token_id}
+        if kind == "decoder":
+            model = tf.LlamaModel(_llama_config(len(tokenizer), **ids))
+        elif kind == "decoder-classifier":
+            model = tf.LlamaForSequenceClassification(_llama_config(len(tokenizer), num_labels=3, **ids))
+        else:
+            model = tf.LlamaForTokenClassification(_llama_config(len(tokenizer), num_labels=2, **ids))
+    else:
+        tokenizer = build_wordpiece_tokenizer(path)
+        vocab = len(tokenizer)
+        if kind == "encoder":
+            model = tf.BertModel(_bert_config(vocab))
+        elif kind == "classifier":
+            model = tf.BertForSequenceClassification(
+                _bert_config(vocab, num_labels=3, id2label={0: "negative", 1: "neutral", 2: "positive"},
+                             label2id={"negative": 0, "neutral": 1, "positive": 2}))
+        elif kind == "multilabel":
+            model = tf.BertForSequenceClassification(
+                _bert_config(vocab, num_labels=4, problem_type="multi_label_classification"))
+        elif kind == "regression":
+            model = tf.BertForSequenceClassification(_bert_config(vocab, num_labels=1, problem_type="regression"))
+        elif kind == "cross-encoder":
+            model = tf.BertForSequenceClassification(_bert_config(vocab, num_labels=1))
+        else:
+            raise ValueError(f"Unknown checkpoint kind {kind!r}")
+    # Random init leaves tiny weights; scale the head up so activations are not all ~0.5.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.startswith(("classifier", "score")):
+                param.mul_(20.0)
+    model.save_pretrained(str(path))
+    tokenizer.padding_side = padding_side
+    tokenizer.save_pretrained(str(path))
+    return path
+
+
+def add_sentence_transformers_files(
+    path: str | Path,
+    *,
+    pooling: Literal["cls", "mean", "lasttoken"] = "mean",
+    normalize: bool = True,
+    dense_out: int | None = None,
+    max_seq_length: int = 128,
+    do_lower_case: bool = False,
+    prompts: dict[str, str] | None = None,
+) -> Path:
+    """Turn a saved base checkpoint into a Sentence-Transformers model, using ST's own writer."""
+    from sentence_transformers import SentenceTransformer, models
+
+    path = Path(path)
+    transformer = models.Transformer(str(path), max_seq_length=max_seq_length, do_lower_case=do_lower_case)
+    dim = transformer.get_embedding_dimension()
+    modules: list[Any] = [transformer, models.Pooling(dim, pooling_mode=pooling)]
+    if dense_out:
+        torch.manual_seed(1)
+        modules.append(models.Dense(dim, dense_out, activation_function=torch.nn.Tanh()))
+    if normalize:
+        modules.append(models.Normalize())
+    st = SentenceTransformer(modules=modules, device="cpu", prompts=prompts)
+    st.save(str(path))
+    return path
+
+
+def write_config_overrides(path: str | Path, **overrides: Any) -> None:
+    """Patch keys into a saved config.json (e.g. ``matryoshka_dimensions``)."""
+    config_file = Path(path) / "config.json"
+    config = json.loads(config_file.read_text())
+    config.update(overrides)
+    config_file.write_text(json.dumps(config, indent=2))
