@@ -63,6 +63,7 @@ class PoolingEngine:
         params.verify(method, self.model_config)
         return self.pooler.options(params)
 
+    @torch.inference_mode()
     def execute(
         self, prompts: Sequence[TokenizedPrompt], options: Sequence[HeadOptions], use_tqdm: bool = False
     ) -> list[torch.Tensor]:
@@ -310,6 +311,8 @@ def _key(prompt: Prompt) -> Any:
 
 def pair_up(left: list[Prompt], right: list[Prompt]) -> tuple[list[Prompt], list[Prompt]]:
     """Expand 1:1, 1:N and N:N inputs into two equally long lists."""
+    if not right and len(left) <= 1:
+        return [], []
     if len(left) == 1 and len(right) >= 1:
         return left * len(right), right
     if len(left) == len(right):

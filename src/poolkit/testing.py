@@ -51,8 +51,7 @@ def build_wordpiece_tokenizer(path: Path, texts: Iterable[str] = (), vocab_size:
     trainer = BertWordPieceTokenizer(lowercase=True)
     trainer.train_from_iterator(_corpus(texts), vocab_size=vocab_size, min_frequency=1)
     path.mkdir(parents=True, exist_ok=True)
-    trainer.save_model(str(path))
-    tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True, model_max_length=128)
+    tokenizer = BertTokenizerFast(vocab=trainer.get_vocab(), do_lower_case=True, model_max_length=128)
     tokenizer.save_pretrained(str(path))
     return tokenizer
 
@@ -139,6 +138,7 @@ def build_tiny_checkpoint(path: str | Path, kind: Kind, *, seed: int = 0, paddin
                 param.mul_(20.0)
     model.save_pretrained(str(path))
     tokenizer.padding_side = padding_side
+    tokenizer.init_kwargs["padding_side"] = padding_side  # what save_pretrained persists
     tokenizer.save_pretrained(str(path))
     return path
 
@@ -154,7 +154,8 @@ def add_sentence_transformers_files(
     prompts: dict[str, str] | None = None,
 ) -> Path:
     """Turn a saved base checkpoint into a Sentence-Transformers model, using ST's own writer."""
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules as models
 
     path = Path(path)
     transformer = models.Transformer(str(path), max_seq_length=max_seq_length, do_lower_case=do_lower_case)
