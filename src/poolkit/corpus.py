@@ -654,6 +654,7 @@ class CorpusSummary:
     shards_total: int
     rows_total: int
     complete: bool
+    primary: bool = True  # False in a worker process of a multi-process engine (it prints nothing)
 
     @property
     def rows_per_s(self) -> float:
@@ -685,6 +686,9 @@ class ShardRecorder:
         self.manifest = manifest
         self.progress = progress
         self.done: list[ShardStats] = []
+        # Set by an engine in a process that is not its job's coordinator (e.g. Lightning rank > 0):
+        # that process must not write the manifest.
+        self.read_only = False
 
     def __call__(self, stats: ShardStats, *, count_rows: bool = True) -> None:
         self.manifest.record(stats)
@@ -788,6 +792,7 @@ def embed_corpus(
         bar.close()
         seconds = time.perf_counter() - t0
         done = recorder.done
+    if not recorder.read_only:
         manifest.runs.append({
             "engine": engine, "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - seconds)),
             "seconds": round(seconds, 3), "shards": len(done), "rows": sum(s.rows for s in done),
@@ -798,7 +803,7 @@ def embed_corpus(
         out_dir=job.out_dir, engine=engine, rows=sum(s.rows for s in done), tokens=sum(s.tokens for s in done),
         truncated=sum(s.truncated for s in done), seconds=seconds, shards_done=len(done), shards_skipped=skipped,
         rows_skipped=rows_skipped, shards_total=len(source.shards), rows_total=source.num_rows,
-        complete=manifest.complete,
+        complete=manifest.complete, primary=not recorder.read_only,
     )
 
 
@@ -831,87 +836,88 @@ def _truncate_arg(value: str) -> int | None:
     return number
 
 
-def _json_arg(value: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object")
-    return obj
-
-
 def add_embed_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The flags of ``poolkit embed``; model/engine flags are the same as ``poolkit serve``'s."""
+    from .entrypoints.cli import add_engine_args
+
     parser.add_argument("input", metavar="INPUT", help="a .jsonl (one JSON object a line) or .parquet file")
     parser.add_argument("--model", default=None,
                         help="checkpoint directory or hub id (default: the bundled all-MiniLM-L6-v2)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory (Parquet shards + manifest.json)")
-    parser.add_argument("--engine", choices=ENGINES, default="local",
-                        help="local (this process), ray (Ray Data actor pool) or lightning (Trainer.predict)")
-    parser.add_argument("--text-column", default="text", help="field/column with the text (default: text)")
-    parser.add_argument("--id-column", default="id",
-                        help="field/column with row ids (default: id; if absent, row numbers are the ids)")
-    parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
-                        help=f"rows per output shard, the unit of resumption (default: {DEFAULT_SHARD_SIZE})")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
-                        help=f"rows handed to the engine at once (default: {DEFAULT_BATCH_SIZE})")
-    parser.add_argument("--dimensions", type=int, default=None, help="Matryoshka output dimensions")
-    parser.add_argument("--truncate", type=_truncate_arg, default=-1,
-                        help="cut over-long texts to N tokens; -1 (default) = the model's limit; "
-                             "none = fail on over-long texts. Truncated rows are counted in the summary")
-    parser.add_argument("--workers", type=int, default=None, help="Ray actors or Lightning devices")
-    parser.add_argument("--gpus-per-worker", type=float, default=None,
-                        help="GPUs per Ray actor (default: 1 if the cluster has GPUs, else 0)")
-    parser.add_argument("--device", default=None,
-                        help="local: cpu/cuda/auto; lightning: the Trainer accelerator (cpu/gpu/auto)")
-    parser.add_argument("--dtype", default=None, help="model dtype (auto, float32, bfloat16, float16)")
-    parser.add_argument("--max-num-batched-tokens", type=int, default=None, help="padded tokens per forward pass")
-    parser.add_argument("--hf-overrides", "--hf_overrides", type=_json_arg, default=None,
-                        help="JSON merged into config.json")
-    parser.add_argument("--trust-remote-code", action="store_true")
-    parser.add_argument("--max-shards", type=int, default=None,
-                        help="embed at most N pending shards in this run (rerun to continue)")
-    parser.add_argument("--overwrite", action="store_true", help="delete an earlier job's output in DIR first")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (off anyway when not a TTY)")
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON instead of one line")
+    job = parser.add_argument_group("corpus job")
+    job.add_argument("--engine", choices=ENGINES, default="local",
+                     help="local (this process), ray (Ray Data actor pool) or lightning (Trainer.predict); "
+                          "default: %(default)s")
+    job.add_argument("--text-column", default="text", help="field/column with the text (default: %(default)s)")
+    job.add_argument("--id-column", default="id",
+                     help="field/column with row ids (default: %(default)s; if absent, row numbers are the ids)")
+    job.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
+                     help="rows per output shard, the unit of resumption (default: %(default)s)")
+    job.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                     help="rows handed to the engine at once (default: %(default)s)")
+    job.add_argument("--dimensions", type=int, default=None, help="Matryoshka output dimensions")
+    job.add_argument("--truncate", type=_truncate_arg, default=-1,
+                     help="cut over-long texts to N tokens; -1 (default) = the model's limit; "
+                          "none = fail on over-long texts. Truncated rows are counted in the summary")
+    job.add_argument("--workers", type=int, default=None,
+                     help="ray: actors (default: one per GPU, else per CPU); lightning: devices (default 1)")
+    job.add_argument("--gpus-per-worker", type=float, default=None,
+                     help="GPUs per Ray actor (default: 1 if the cluster has GPUs, else 0)")
+    job.add_argument("--max-shards", type=int, default=None,
+                     help="embed at most N pending shards in this run (rerun to continue)")
+    job.add_argument("--overwrite", action="store_true", help="delete an earlier job's output in DIR first")
+    job.add_argument("--no-progress", action="store_true", help="no progress bar (off anyway when not a TTY)")
+    job.add_argument("--json", action="store_true", help="print the summary as JSON instead of one line")
+    add_engine_args(parser)
     return parser
 
 
 def add_embed_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``embed`` on an ``argparse`` sub-parser collection (the ``poolkit`` CLI)."""
+    """Register ``embed`` on the ``poolkit`` CLI's sub-parsers."""
     parser = subparsers.add_parser(
-        "embed", help="embed a corpus (.jsonl/.parquet) into resumable Parquet shards",
-        description="Embed a corpus into Parquet shards plus a manifest; a rerun skips finished shards.",
+        "embed", help="Embed a corpus (.jsonl/.parquet) into resumable Parquet shards",
+        description="Embed a corpus into Parquet shards plus a manifest; a rerun skips finished shards. "
+                    "Ends with a summary line on stdout (rows, tokens, seconds, throughput, truncated rows).",
     )
     add_embed_arguments(parser)
-    parser.set_defaults(func=run_embed, handler=run_embed)
+    parser.set_defaults(func=run_embed)
     return parser
 
 
 def run_embed(args: argparse.Namespace) -> int:
-    """Handler of ``poolkit embed``: runs the job, prints the summary line to stdout."""
+    """Handler of ``poolkit embed``: runs the job, prints the summary to stdout."""
+    from .entrypoints.cli import engine_kwargs as cli_engine_kwargs
+
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    engine_kwargs: dict[str, Any] = {}
-    for key in ("dtype", "max_num_batched_tokens", "hf_overrides"):
-        if getattr(args, key, None) is not None:
-            engine_kwargs[key] = getattr(args, key)
-    if args.trust_remote_code:
-        engine_kwargs["trust_remote_code"] = True
+    kwargs = {k: v for k, v in cli_engine_kwargs(args).items() if v is not None}
+    kwargs.pop("model", None)
+    if kwargs.pop("task", "auto") not in ("auto", "embed"):
+        raise SystemExit("poolkit embed: --task must be embed (or auto)")
+    if not kwargs.get("trust_remote_code"):
+        kwargs.pop("trust_remote_code", None)
+    if kwargs.get("dtype") == "auto":
+        kwargs.pop("dtype")
+    device = kwargs.pop("device", None)
+    model = None if args.model in (None, "", "default") else args.model
     summary = embed_corpus(
-        args.input, args.out, model=args.model, engine=args.engine, text_column=args.text_column,
+        args.input, args.out, model=model, engine=args.engine, text_column=args.text_column,
         id_column=args.id_column or None, shard_size=args.shard_size, batch_size=args.batch_size,
         dimensions=args.dimensions, truncate=args.truncate, workers=args.workers,
-        gpus_per_worker=args.gpus_per_worker, device=args.device, overwrite=args.overwrite,
-        max_shards=args.max_shards, progress=False if args.no_progress else None, engine_kwargs=engine_kwargs,
+        gpus_per_worker=args.gpus_per_worker, device=None if device == "auto" else device,
+        overwrite=args.overwrite, max_shards=args.max_shards, progress=False if args.no_progress else None,
+        engine_kwargs=kwargs,
     )
-    print(json.dumps(summary.to_dict()) if args.json else summary.line(), file=sys.stdout, flush=True)
+    if summary.primary:
+        print(json.dumps(summary.to_dict()) if args.json else summary.line(), file=sys.stdout, flush=True)
     return 0
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    """``python -m poolkit.corpus INPUT --out DIR ...`` (the same as ``poolkit embed``)."""
-    parser = add_embed_arguments(argparse.ArgumentParser(prog="poolkit embed", description=__doc__.splitlines()[0]))
+    """``python -m poolkit.corpus INPUT --out DIR ...``: the same as ``poolkit embed``."""
+    from .entrypoints.cli import FlexibleArgumentParser
+
+    parser = add_embed_arguments(FlexibleArgumentParser(prog="poolkit embed", description=__doc__.splitlines()[0]))
     return run_embed(parser.parse_args(list(argv) if argv is not None else None))
 
 

@@ -26,7 +26,7 @@ from .outputs import (
 )
 from .params import PoolingParams
 from .pooling import HeadOptions, Pooler, cosine_scores
-from .runner import ModelRunner, select_device, select_dtype
+from .runner import ModelRunner, resolve_compile, select_device, select_dtype
 from .scheduler import SchedulerConfig, schedule
 
 logger = logging.getLogger(__name__)
@@ -110,6 +110,10 @@ class LLM:
         max_num_batched_tokens: padded tokens per forward pass
             (env ``POOLKIT_MAX_BATCHED_TOKENS``).
         max_num_seqs: rows per forward pass (env ``POOLKIT_MAX_NUM_SEQS``).
+        compile: ``torch.compile`` the model per length bucket: ``on``, ``off``
+            or ``auto`` (on for bf16 on CPUs with native bf16); default from env
+            ``POOLKIT_COMPILE``, else ``off``. Compiled graphs are cached on disk
+            by inductor, so later starts pay less compile time.
     """
 
     def __init__(
@@ -125,6 +129,7 @@ class LLM:
         served_model_name: str | None = None,
         max_num_batched_tokens: int | None = None,
         max_num_seqs: int | None = None,
+        compile: bool | str | None = None,
     ) -> None:
         model_path = resolve_model_path(model)
         tokenizer = load_tokenizer(model_path, trust_remote_code)
@@ -155,7 +160,14 @@ class LLM:
             dense = torch.nn.Sequential(*(load_dense(files, spec) for spec in self.model_config.dense))
         pooler = Pooler(self.model_config, dense=dense, score_head=score_head).to(self.device)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        runner = ModelRunner(hf_model, self.device, self.dtype, pad_token_id=pad_id)
+        runner = ModelRunner(
+            hf_model,
+            self.device,
+            self.dtype,
+            max_model_len=self.model_config.max_model_len,
+            pad_token_id=pad_id,
+            compile_model=resolve_compile(compile, self.device, self.dtype),
+        )
         scheduler_config = SchedulerConfig(
             max_num_batched_tokens=max(
                 max_num_batched_tokens or _env_int("POOLKIT_MAX_BATCHED_TOKENS", 8192), self.model_config.max_model_len
@@ -172,7 +184,8 @@ class LLM:
         mc = self.model_config
         return (
             f"LLM(model={mc.served_model_name!r}, task={mc.task!r}, architecture={mc.architecture}, "
-            f"pooler={mc.pooler_config!r}, max_model_len={mc.max_model_len}, device={self.device}, dtype={self.dtype})"
+            f"pooler={mc.pooler_config!r}, max_model_len={mc.max_model_len}, device={self.device}, dtype={self.dtype}, "
+            f"compiled={self.engine.runner.compiled})"
         )
 
     @property

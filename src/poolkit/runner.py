@@ -1,9 +1,18 @@
-"""Model execution: device and dtype choice, padding a batch, one forward pass."""
+"""Model execution: device and dtype choice, padding a batch, one forward pass.
+
+The fast paths are picked from what the machine reports at run time:
+bf16 weights where the CPU multiplies bf16 natively (AVX512-BF16 / AMX) or on
+GPUs; length buckets so the number of distinct shapes stays small; and,
+optionally, ``torch.compile`` per bucket with the batch dimension dynamic.
+"""
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
+import os
+import platform
 from collections.abc import Sequence
 
 import torch
@@ -18,6 +27,7 @@ _DTYPES = {
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
 }
+MIN_BUCKET = 16
 
 
 def select_device(device: str | torch.device = "auto") -> torch.device:
@@ -26,57 +36,148 @@ def select_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """CPU feature flags (Linux ``/proc/cpuinfo``); empty where unavailable."""
+    if platform.system() != "Linux":
+        return frozenset()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where bf16 matmuls run in hardware (AMX or AVX512-BF16), i.e. faster than fp32."""
+    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
+
+
 def select_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """``auto``: bf16 (fp16 without bf16 support) on GPUs, float32 on CPUs."""
+    """``auto``: bf16 on GPUs (fp16 without bf16) and on CPUs with native bf16; else float32.
+
+    ``POOLKIT_CPU_DTYPE`` overrides the CPU choice of ``auto``.
+    """
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
+        forced = os.environ.get("POOLKIT_CPU_DTYPE")
+        if forced:
+            return select_dtype(forced, device)
+        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     try:
         return _DTYPES[str(dtype).lower()]
     except KeyError:
         raise ValueError(f"Unknown dtype {dtype!r}; expected auto, {', '.join(sorted(_DTYPES))}") from None
 
 
-class ModelRunner:
-    """Pads a batch on the right, runs the transformers module, returns states and lengths.
+def length_buckets(max_len: int) -> list[int]:
+    """Powers of two from 16 up to ``max_len`` (which is always the last bucket)."""
+    buckets = []
+    size = MIN_BUCKET
+    while size < max_len:
+        buckets.append(size)
+        size *= 2
+    buckets.append(max_len)
+    return buckets
 
-    ``states`` is ``(B, L, D)`` hidden states or per-token logits, or
-    ``(B, C)`` logits for models whose own head already pooled.
+
+def resolve_compile(compile_mode: bool | str | None, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether to ``torch.compile``: ``on``/``off``, or ``auto`` = bf16 on CPUs with native bf16.
+
+    Unset, ``POOLKIT_COMPILE`` decides (default ``off``: compiling costs tens of
+    seconds on first start, which short jobs and tests should not pay).
+    """
+    value = os.environ.get("POOLKIT_COMPILE", "off") if compile_mode is None else compile_mode
+    if isinstance(value, str):
+        value = value.lower()
+        if value in ("1", "true", "on", "yes"):
+            return True
+        if value in ("0", "false", "off", "no"):
+            return False
+        if value != "auto":
+            raise ValueError(f"compile must be auto, on or off; got {value!r}")
+        return device.type == "cpu" and dtype == torch.bfloat16
+    return bool(value)
+
+
+class ModelRunner:
+    """Pads a batch on the right to a length bucket, runs the transformers module.
+
+    Returns ``(states, lengths)``: ``states`` is ``(B, L, D)`` hidden states or
+    per-token logits, or ``(B, C)`` logits for models whose own head pooled.
     """
 
-    def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype, pad_token_id: int = 0) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        device: torch.device,
+        dtype: torch.dtype,
+        max_model_len: int,
+        pad_token_id: int = 0,
+        compile_model: bool = False,
+    ) -> None:
         self.model = model.to(device=device, dtype=dtype)
         self.device = device
         self.dtype = dtype
         self.pad_token_id = pad_token_id
+        self.buckets = length_buckets(max_model_len)
         self.accepts_token_types = "token_type_ids" in inspect.signature(model.forward).parameters
+        self.compiled = compile_model
+        self._forward = self.model
+        if compile_model:
+            # Static sequence length per bucket keeps attention kernels specialised;
+            # the batch dimension is marked dynamic so row counts don't recompile.
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 4 * len(self.buckets))
+            self._forward = torch.compile(self.model, dynamic=False, options={"freezing": device.type == "cpu"})
+        self._pin = device.type == "cuda"
 
     def __repr__(self) -> str:
-        return f"ModelRunner(model={type(self.model).__name__}, device={self.device}, dtype={self.dtype})"
+        return (
+            f"ModelRunner(model={type(self.model).__name__}, device={self.device}, dtype={self.dtype}, "
+            f"compiled={self.compiled}, buckets={self.buckets})"
+        )
 
     def padded_length(self, length: int) -> int:
+        for bucket in self.buckets:
+            if bucket >= length:
+                return bucket
         return length
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self._pin:
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
 
     @torch.inference_mode()
     def execute(self, batch: Sequence[TokenizedPrompt]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = len(batch)
         lengths = torch.tensor([len(p) for p in batch], dtype=torch.long)
         width = self.padded_length(int(lengths.max()))
-        input_ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        # Compiled graphs treat a batch of one as a special shape; padding to two rows avoids a recompile.
+        padded_rows = max(rows, 2) if self.compiled else rows
+        input_ids = torch.full((padded_rows, width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((padded_rows, width), dtype=torch.long)
         with_types = self.accepts_token_types and any(p.token_type_ids is not None for p in batch)
-        token_type_ids = torch.zeros((len(batch), width), dtype=torch.long) if with_types else None
+        token_type_ids = torch.zeros((padded_rows, width), dtype=torch.long) if with_types else None
         for row, prompt in enumerate(batch):
             n = len(prompt)
             input_ids[row, :n] = torch.as_tensor(prompt.input_ids)
             attention_mask[row, :n] = 1
             if token_type_ids is not None and prompt.token_type_ids is not None:
                 token_type_ids[row, :n] = torch.as_tensor(prompt.token_type_ids)
-        kwargs = {"input_ids": input_ids.to(self.device), "attention_mask": attention_mask.to(self.device)}
+        attention_mask[rows:, 0] = 1  # padding rows attend to one token so softmax stays finite
+        kwargs = {"input_ids": self._to_device(input_ids), "attention_mask": self._to_device(attention_mask)}
         if token_type_ids is not None:
-            kwargs["token_type_ids"] = token_type_ids.to(self.device)
-        output = self.model(**kwargs)
+            kwargs["token_type_ids"] = self._to_device(token_type_ids)
+        if self.compiled:
+            for tensor in kwargs.values():
+                torch._dynamo.mark_dynamic(tensor, 0)
+        output = self._forward(**kwargs)
         states = output.logits if hasattr(output, "logits") else output.last_hidden_state
-        return states, lengths.to(self.device)
+        return states[:rows], lengths.to(self.device)
