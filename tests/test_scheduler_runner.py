@@ -1,0 +1,77 @@
+"""Scheduler and runner: budgets, buckets, dtype choice, and the compiled path's parity."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from poolkit import LLM
+from poolkit.runner import length_buckets, resolve_compile, select_dtype
+from poolkit.scheduler import SchedulerConfig, schedule
+from poolkit.testing import SAMPLE_TEXTS
+
+
+def test_schedule_respects_budget_and_covers_every_index() -> None:
+    rng = random.Random(0)
+    lengths = [rng.randint(1, 300) for _ in range(1000)]
+    buckets = length_buckets(512)
+    pad = lambda n: next(b for b in buckets if b >= n)  # noqa: E731
+    config = SchedulerConfig(max_num_batched_tokens=4096, max_num_seqs=64)
+    batches = schedule(lengths, config, pad)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(1000))
+    for batch in batches:
+        width = pad(max(lengths[i] for i in batch))
+        assert len(batch) * width <= 4096 and len(batch) <= 64
+    # sorted by length: padding waste stays small
+    padded = sum(len(b) * pad(max(lengths[i] for i in b)) for b in batches)
+    assert padded / sum(lengths) < 1.6
+
+
+def test_single_sequence_over_budget_gets_its_own_batch() -> None:
+    assert schedule([600, 10, 10], SchedulerConfig(max_num_batched_tokens=512)) == [[0], [1, 2]]
+
+
+def test_length_buckets() -> None:
+    assert length_buckets(256) == [16, 32, 64, 128, 256]
+    assert length_buckets(100) == [16, 32, 64, 100]
+
+
+def test_dtype_and_compile_resolution(monkeypatch) -> None:
+    cpu = torch.device("cpu")
+    assert select_dtype("float32", cpu) is torch.float32
+    assert select_dtype("bf16", cpu) is torch.bfloat16
+    monkeypatch.setenv("POOLKIT_CPU_DTYPE", "float32")
+    assert select_dtype("auto", cpu) is torch.float32
+    with pytest.raises(ValueError, match="Unknown dtype"):
+        select_dtype("int3", cpu)
+    assert resolve_compile("off", cpu, torch.bfloat16) is False
+    assert resolve_compile("auto", cpu, torch.float32) is False
+    monkeypatch.setenv("POOLKIT_COMPILE", "on")
+    assert resolve_compile(None, cpu, torch.float32) is True
+    with pytest.raises(ValueError):
+        resolve_compile("sometimes", cpu, torch.float32)
+
+
+def test_bucketed_padding_does_not_change_results(tiny) -> None:
+    path = str(tiny("encoder", pooling="mean", normalize=True))
+    llm = LLM(path, dtype="float32")
+    texts = SAMPLE_TEXTS + ["tiny"]
+    batched = np.array([o.outputs.embedding for o in llm.embed(texts, use_tqdm=False)])
+    singles = np.array([llm.embed(t, use_tqdm=False)[0].outputs.embedding for t in texts])
+    np.testing.assert_allclose(batched, singles, atol=1e-5)
+
+
+def test_compiled_runner_matches_eager(tiny) -> None:
+    path = str(tiny("encoder", pooling="mean", normalize=True))
+    eager = LLM(path, dtype="float32", compile="off")
+    compiled = LLM(path, dtype="float32", compile="on")
+    assert compiled.engine.runner.compiled
+    texts = SAMPLE_TEXTS[:5] + ["one"]  # one bucket (16 tokens), several row counts
+    ref = np.array([o.outputs.embedding for o in eager.embed(texts, use_tqdm=False)])
+    for subset in (texts, texts[:3], texts[:1]):
+        got = np.array([o.outputs.embedding for o in compiled.embed(subset, use_tqdm=False)])
+        np.testing.assert_allclose(got, ref[: len(subset)], atol=1e-4)

@@ -1,0 +1,173 @@
+"""The async engine and the app in-process (httpx ASGI transport, tiny classifier): classification,
+overload (429), failure isolation inside a merged batch, chunking, draining; and the CLI's parsing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+
+import httpx
+import numpy as np
+import pytest
+
+from poolkit import LLM
+from poolkit.async_engine import AsyncPoolingEngine, EngineClosedError
+from poolkit.entrypoints.api_server import ServerSettings, build_app
+from poolkit.entrypoints.cli import engine_kwargs, make_parser
+
+TEXTS = ["the quick brown fox", "paris", "is the capital of france", "a", "berlin is the capital of germany too"]
+
+
+@pytest.fixture(scope="module")
+def llm(tiny) -> LLM:
+    return LLM(str(tiny("classifier")), served_model_name="tiny-cls")
+
+
+@contextlib.asynccontextmanager
+async def serving(llm: LLM, **engine_options):
+    engine = AsyncPoolingEngine(llm, **engine_options)
+    app = build_app(engine, ServerSettings(served_model_names=["tiny-cls"]))
+    engine.start()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            yield engine, client
+    finally:
+        await engine.close()
+
+
+def ids(n: int) -> list[int]:
+    """n token ids inside any tiny vocabulary: [CLS] x ... [SEP]."""
+    return [2] + [1] * (n - 2) + [3]
+
+
+async def test_classify_labels_and_probs_match_offline(llm) -> None:
+    async with serving(llm) as (_, client):
+        body = (await client.post("/classify", json={"input": TEXTS, "model": "tiny-cls"})).json()
+        expected = llm.classify(TEXTS, use_tqdm=False)
+        for item, out in zip(body["data"], expected):
+            probs = out.outputs.probs
+            assert item["probs"] == pytest.approx(probs, abs=1e-5)
+            assert item["label"] == llm.model_config.id2label[int(np.argmax(probs))]
+            assert item["num_classes"] == 3
+        assert body["usage"]["prompt_tokens"] == sum(len(o.prompt_token_ids) for o in expected)
+        raw = (await client.post("/classify", json={"input": TEXTS[0], "activation": False})).json()
+        assert sum(raw["data"][0]["probs"]) != pytest.approx(1.0)
+        for path, body in (("/score", {"text_1": "a", "text_2": "b"}), ("/rerank", {"query": "a", "documents": ["b"]}),
+                           ("/v1/embeddings", {"input": "a"})):
+            r = await client.post(path, json=body)
+            assert r.status_code == 400 and "does not support" in r.json()["message"], path
+        assert (await client.get("/health")).status_code == 200
+
+
+async def test_overload_answers_429_with_retry_after(llm) -> None:
+    async with serving(llm, batch_wait_ms=400, max_queued_tokens=20) as (_, client):
+        first = asyncio.create_task(client.post("/classify", json={"input": ids(12)}))
+        await asyncio.sleep(0.15)  # the first request now waits in the queue for batch partners
+        second = await client.post("/classify", json={"input": ids(12)})
+        assert second.status_code == 429
+        assert int(second.headers["Retry-After"]) >= 1
+        assert second.json() == {"object": "error", "message": second.json()["message"], "type": "RateLimitError",
+                                 "param": None, "code": 429}
+        assert (await first).status_code == 200
+        assert (await client.post("/classify", json={"input": ids(12)})).status_code == 200  # room again
+
+
+async def test_failure_inside_merged_batch_fails_only_its_request(llm, monkeypatch) -> None:
+    poison = ids(9)
+    real_execute = llm.engine.execute
+    calls: list[int] = []
+
+    def execute(prompts, options, use_tqdm=False):
+        calls.append(len(prompts))
+        if any(p.input_ids == poison for p in prompts):
+            raise RuntimeError("poisoned batch")
+        return real_execute(prompts, options, use_tqdm)
+
+    monkeypatch.setattr(llm.engine, "execute", execute)
+    async with serving(llm, batch_wait_ms=150) as (_, client):
+        bodies = [{"input": t} for t in TEXTS]
+        bodies.insert(2, {"input": poison})
+        responses = await asyncio.gather(*(client.post("/classify", json=b) for b in bodies))
+    assert calls[0] == len(bodies)  # all requests were merged into one engine call
+    assert [r.status_code for r in responses] == [200, 200, 500, 200, 200, 200]
+    error = responses[2].json()
+    assert error["type"] == "InternalServerError" and error["code"] == 500
+    assert "poisoned batch" in error["message"]
+    good = [r.json()["data"][0]["probs"] for r in responses if r.status_code == 200]
+    expected = [o.outputs.probs for o in llm.classify(TEXTS, use_tqdm=False)]
+    np.testing.assert_allclose(good, expected, atol=1e-5)
+
+
+async def test_large_request_is_chunked_and_keeps_order(llm, monkeypatch) -> None:
+    real_execute = llm.engine.execute
+    sizes: list[int] = []
+
+    def execute(prompts, options, use_tqdm=False):
+        sizes.append(len(prompts))
+        return real_execute(prompts, options, use_tqdm)
+
+    monkeypatch.setattr(llm.engine, "execute", execute)
+    texts = [TEXTS[i % len(TEXTS)] + " x" * (i % 7) for i in range(40)]
+    async with serving(llm, max_batch_tokens=32, batch_wait_ms=0) as (_, client):
+        body = (await client.post("/classify", json={"input": texts})).json()
+    assert len(sizes) > 3 and sum(sizes) == 40
+    np.testing.assert_allclose([d["probs"] for d in body["data"]],
+                               [o.outputs.probs for o in llm.classify(texts, use_tqdm=False)], atol=1e-5)
+
+
+async def test_close_drains_queued_work_then_refuses(llm) -> None:
+    engine = AsyncPoolingEngine(llm, batch_wait_ms=300)
+    app = build_app(engine, ServerSettings(served_model_names=["tiny-cls"]))
+    engine.start()
+    options = engine.head_options("classify", __import__("poolkit").PoolingParams())
+    tokens = await engine.tokenize(TEXTS)
+    tasks = [asyncio.create_task(engine.run([t], [options])) for t in tokens]
+    await asyncio.sleep(0.05)
+    await engine.close()
+    results = [await t for t in tasks]
+    assert all(len(r) == 1 and r[0].shape == (3,) for r in results)
+    with pytest.raises(EngineClosedError):
+        await engine.run(tokens, [options] * len(tokens))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+        assert (await client.get("/health")).status_code == 503
+        r = await client.post("/classify", json={"input": "late"})
+        assert r.status_code == 503 and r.json()["type"] == "ServiceUnavailableError"
+
+
+# -- CLI -----------------------------------------------------------------------------------------------------
+
+
+def test_cli_flags_follow_vllm(monkeypatch) -> None:
+    monkeypatch.setenv("POOLKIT_API_KEY", "from-env")
+    monkeypatch.setenv("POOLKIT_BATCH_WAIT_MS", "7.5")
+    args = make_parser().parse_args([
+        "serve", "/models/x", "--task", "score", "--hf_overrides", '{"is_matryoshka": true}',
+        "--override-pooler-config", '{"pooling_type": "MEAN"}', "--served-model-name", "a", "b",
+        "--trust-remote-code", "--dtype", "bfloat16", "--device", "cpu", "--max-model-len", "128", "--port", "9000",
+    ])
+    assert (args.api_key, args.batch_wait_ms, args.port, args.host) == ("from-env", 7.5, 9000, "127.0.0.1")
+    kwargs = engine_kwargs(args)
+    assert kwargs == {
+        "model": "/models/x", "task": "score", "override_pooler_config": {"pooling_type": "MEAN"},
+        "hf_overrides": {"is_matryoshka": True}, "trust_remote_code": True, "dtype": "bfloat16", "device": "cpu",
+        "max_model_len": 128, "served_model_name": "a", "max_num_batched_tokens": None, "max_num_seqs": None,
+    }
+    assert args.served_model_name == ["a", "b"]
+    assert engine_kwargs(make_parser().parse_args(["serve", "default"]))["model"] is None
+    assert engine_kwargs(make_parser().parse_args(["serve"]))["model"] is None
+    assert make_parser().parse_args(["serve", "--api-key", "cli"]).api_key == "cli"
+
+
+@pytest.mark.parametrize("argv", [["serve", "--hf-overrides", "{not json"], ["serve", "--hf-overrides", "[1]"],
+                                  ["serve", "--task", "generate"], ["serve", "--port", "x"]])
+def test_cli_rejects_bad_flags(argv, capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        make_parser().parse_args(argv)
+    assert info.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_cli_json_helper_roundtrip() -> None:
+    args = make_parser().parse_args(["serve", "--hf-overrides", json.dumps({"matryoshka_dimensions": [8]})])
+    assert engine_kwargs(args)["hf_overrides"] == {"matryoshka_dimensions": [8]}
