@@ -49,12 +49,20 @@ def build_random_model(shape: str, max_len: int) -> str:
     """A randomly initialised BERT of ``shape`` with the default model's tokenizer, saved to a temp dir."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from poolkit import default_model_path
-
     path = Path(tempfile.mkdtemp(prefix=f"poolkit-{shape}-"))
+    try:
+        from poolkit import default_model_path
+
+        tokenizer = AutoTokenizer.from_pretrained(default_model_path())
+    except ImportError:  # e.g. on a GPU box without the model package: a locally trained tokenizer
+        from poolkit.testing import build_wordpiece_tokenizer
+
+        tokenizer = build_wordpiece_tokenizer(path, texts=load_texts(2000), vocab_size=8000)
+    tokenizer.model_max_length = max(512, max_len)
+    tokenizer.save_pretrained(path)
     torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=30522, max_position_embeddings=max(512, max_len), **SHAPES[shape])).save_pretrained(path)
-    AutoTokenizer.from_pretrained(default_model_path()).save_pretrained(path)
+    config = BertConfig(vocab_size=len(tokenizer), max_position_embeddings=max(512, max_len), **SHAPES[shape])
+    BertModel(config).save_pretrained(path)
     return str(path)
 
 
