@@ -75,3 +75,19 @@ def test_compiled_runner_matches_eager(tiny) -> None:
     for subset in (texts, texts[:3], texts[:1]):
         got = np.array([o.outputs.embedding for o in compiled.embed(subset, use_tqdm=False)])
         np.testing.assert_allclose(got, ref[: len(subset)], atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["encoder", "classifier", "decoder"])
+def test_packed_cpu_linears_match_plain_linears(tiny, kind, monkeypatch) -> None:
+    path = str(tiny(kind))
+    packed = LLM(path, dtype="float32")
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("oneDNN not available on this build")
+    assert packed.engine.runner.packed_linears > 0
+    monkeypatch.setenv("POOLKIT_CPU_PACK", "0")
+    plain = LLM(path, dtype="float32")
+    assert plain.engine.runner.packed_linears == 0
+    got = [o.outputs.data for o in packed.encode(SAMPLE_TEXTS, use_tqdm=False)]
+    ref = [o.outputs.data for o in plain.encode(SAMPLE_TEXTS, use_tqdm=False)]
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)

@@ -106,6 +106,56 @@ def resolve_compile(compile_mode: bool | str | None, device: torch.device, dtype
     return bool(value)
 
 
+# transformers activation classes that oneDNN can fuse into the preceding matmul.
+_FUSABLE_GELU = {"GELUActivation": "none", "NewGELUActivation": "tanh", "PytorchGELUTanh": "tanh", "GELUTanh": "tanh"}
+
+
+class PackedLinear(nn.Module):
+    """``nn.Linear`` with its weight pre-packed for oneDNN, bias (and optionally GELU) fused.
+
+    Eager ``F.linear`` on CPU copies the broadcast bias into the output before
+    the matmul and runs GELU as a separate pass; in bf16 those two cost more
+    than the matmul they follow. This is the same kernel inductor's freezing
+    pass selects, without the compile.
+    """
+
+    def __init__(self, linear: nn.Linear, gelu: str | None = None, batch_hint: int = 4096) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), batch_hint)
+        self.bias = None if linear.bias is None else linear.bias.detach()
+        self.attr = "none" if gelu is None else "gelu"
+        self.algorithm = gelu or ""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, self.attr, [], self.algorithm)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, fused={self.attr}"
+
+
+def pack_cpu_linears(model: nn.Module) -> int:
+    """Swap every ``nn.Linear`` for a :class:`PackedLinear`, fusing BERT-style ``dense`` + GELU.
+
+    Returns the number of layers packed (0 where oneDNN is unavailable).
+    """
+    if not torch.backends.mkldnn.is_available():
+        return 0
+    count = 0
+    for module in list(model.modules()):
+        act = getattr(module, "intermediate_act_fn", None)
+        dense = getattr(module, "dense", None)
+        if type(dense) is nn.Linear and act is not None and type(act).__name__ in _FUSABLE_GELU:
+            module.dense = PackedLinear(dense, gelu=_FUSABLE_GELU[type(act).__name__])
+            module.intermediate_act_fn = nn.Identity()
+            count += 1
+        for name, child in list(module.named_children()):
+            if type(child) is nn.Linear:  # exact type: subclasses (LoRA, quantized) keep their forward
+                setattr(module, name, PackedLinear(child))
+                count += 1
+    return count
+
+
 class ModelRunner:
     """Pads a batch on the right to a length bucket, runs the transformers module.
 
@@ -129,6 +179,9 @@ class ModelRunner:
         self.buckets = length_buckets(max_model_len)
         self.accepts_token_types = "token_type_ids" in inspect.signature(model.forward).parameters
         self.compiled = compile_model
+        self.packed_linears = 0
+        if device.type == "cpu" and not compile_model and os.environ.get("POOLKIT_CPU_PACK", "1") != "0":
+            self.packed_linears = pack_cpu_linears(self.model)
         self._forward = self.model
         if compile_model:
             # Static sequence length per bucket keeps attention kernels specialised;
@@ -140,7 +193,7 @@ class ModelRunner:
     def __repr__(self) -> str:
         return (
             f"ModelRunner(model={type(self.model).__name__}, device={self.device}, dtype={self.dtype}, "
-            f"compiled={self.compiled}, buckets={self.buckets})"
+            f"compiled={self.compiled}, packed_linears={self.packed_linears}, buckets={self.buckets})"
         )
 
     def padded_length(self, length: int) -> int:
