@@ -1,0 +1,54 @@
+"""poolkit_faiss: FAISS indexes sized to a memory budget, for poolkit embeddings.
+
+>>> from poolkit import LLM
+>>> from poolkit_faiss import plan_index, VectorIndex
+>>> llm = LLM()
+>>> plan = plan_index(5_000_000, 4 * 2**30, llm=llm)      # doctest: +SKIP
+>>> index = VectorIndex.from_texts(texts, llm, plan=plan)  # doctest: +SKIP
+>>> index.search_texts("how do I pool embeddings?", k=10)  # doctest: +SKIP
+"""
+
+from .datasets import clustered_vectors
+from .embedding import embed_texts, prepare_vectors
+from .gpu import gpu_count
+from .planning import (
+    CODECS,
+    BudgetError,
+    Codec,
+    IndexPlan,
+    ModelInfo,
+    candidate_plans,
+    default_nlist,
+    format_bytes,
+    model_info,
+    plan_for,
+    plan_index,
+)
+from .quantize import dequantize_int8, quantize_binary, quantize_int8
+from .store import SearchResult, VectorIndex, recall_at_k
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BudgetError",
+    "CODECS",
+    "Codec",
+    "IndexPlan",
+    "ModelInfo",
+    "SearchResult",
+    "VectorIndex",
+    "candidate_plans",
+    "clustered_vectors",
+    "default_nlist",
+    "dequantize_int8",
+    "embed_texts",
+    "format_bytes",
+    "gpu_count",
+    "model_info",
+    "plan_for",
+    "plan_index",
+    "prepare_vectors",
+    "quantize_binary",
+    "quantize_int8",
+    "recall_at_k",
+]

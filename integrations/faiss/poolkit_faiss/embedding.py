@@ -1,0 +1,113 @@
+"""Turning texts into index-ready vectors with a ``poolkit.LLM``, and preparing vectors.
+
+Vectors in an index are float32, L2-normalized (cosine similarity = inner
+product) and, for a Matryoshka plan, truncated to the plan's dimension and
+re-normalized. The engine does the truncation itself when asked for
+``PoolingParams(dimensions=d)``; for vectors passed in directly,
+:func:`prepare_vectors` does the same, and refuses for models without
+Matryoshka support with the engine's own message.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 256
+
+
+def _matryoshka_refusal(model_name: str | None) -> str:
+    from poolkit.params import matryoshka_unsupported
+
+    return matryoshka_unsupported(model_name or "<unknown>")
+
+
+def prepare_vectors(
+    vectors: Any,
+    dimension: int,
+    *,
+    matryoshka: bool,
+    model_name: str | None = None,
+    normalize: bool = True,
+) -> np.ndarray:
+    """Return a C-contiguous float32 ``(n, dimension)`` copy, normalized.
+
+    Wider vectors are truncated to ``dimension`` (then re-normalized) only when
+    ``matryoshka`` is true; otherwise this raises the engine's
+    ``does not support matryoshka representation`` ``ValueError``.
+    """
+    x = np.asarray(vectors, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2:
+        raise ValueError(f"expected a 2-D array of vectors, got shape {x.shape}")
+    if x.shape[1] < dimension:
+        raise ValueError(f"vectors have {x.shape[1]} dimensions; the index needs {dimension}")
+    if x.shape[1] > dimension:
+        if not matryoshka:
+            raise ValueError(_matryoshka_refusal(model_name))
+        x = x[:, :dimension]
+    x = np.array(x, dtype=np.float32, order="C", copy=True)
+    if not np.isfinite(x).all():
+        raise ValueError("vectors contain NaN or infinity")
+    if normalize:
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        np.divide(x, norms, out=x, where=norms > 0)
+    return x
+
+
+def check_llm(llm: Any, dimension: int) -> None:
+    """Fail before any embedding when ``llm`` cannot produce ``dimension``-d vectors.
+
+    A dimension below the model's goes through the engine's own validation,
+    so a model without Matryoshka support raises the engine's ``ValueError``.
+    """
+    config = llm.model_config
+    if config.task != "embed":
+        raise ValueError(f"{config.served_model_name!r} is not an embedding model (task {config.task!r})")
+    if dimension > config.embedding_dim:
+        raise ValueError(
+            f"the index needs {dimension}-d vectors; {config.served_model_name!r} embeds to {config.embedding_dim}"
+        )
+    if dimension < config.embedding_dim:
+        from .planning import verify_dimension
+
+        verify_dimension(config, dimension)
+
+
+def embed_texts(
+    llm: Any,
+    texts: Sequence[str],
+    dimension: int | None = None,
+    *,
+    truncate_prompt_tokens: int | None = -1,
+) -> np.ndarray:
+    """Embed ``texts`` with the engine: ``(len(texts), dimension)`` float32, normalized.
+
+    ``truncate_prompt_tokens=-1`` (the default here) cuts texts longer than the
+    model limit to that limit instead of raising: corpora have long passages.
+    Pass ``None`` to get the engine's error for over-long texts instead.
+    """
+    import torch
+    from poolkit import PoolingParams
+
+    full = int(llm.model_config.embedding_dim)
+    dimension = dimension or full
+    params = PoolingParams(dimensions=dimension) if dimension < full else None
+    if not texts:
+        return np.zeros((0, dimension), dtype=np.float32)
+    outputs = llm.encode(
+        list(texts), pooling_params=params, truncate_prompt_tokens=truncate_prompt_tokens, use_tqdm=False
+    )
+    x = torch.stack([o.outputs.data for o in outputs]).to(torch.float32).cpu().numpy()
+    return prepare_vectors(x, dimension, matryoshka=False, model_name=llm.model_config.served_model_name)
+
+
+def batches(n: int, batch_size: int) -> Iterator[slice]:
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))
