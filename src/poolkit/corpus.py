@@ -485,7 +485,7 @@ class CorpusJob:
             "shard_size": src.shard_size, "model": self.model, "dimensions": self.dimensions,
             "truncate": self.truncate,
             "engine_kwargs": {k: self.engine_kwargs[k] for k in sorted(self.engine_kwargs)
-                              if k in (*_MODEL_CONFIG_KWARGS, "dtype")},
+                              if k in _MODEL_CONFIG_KWARGS},
         }
 
     @property
@@ -900,7 +900,18 @@ def run_embed(args: argparse.Namespace) -> int:
         kwargs.pop("dtype")
     device = kwargs.pop("device", None)
     model = None if args.model in (None, "", "default") else args.model
-    summary = embed_corpus(
+    try:
+        summary = _embed_from_args(args, model, device, kwargs)
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        raise SystemExit(f"poolkit embed: error: {exc}") from exc
+    if summary.primary:
+        print(json.dumps(summary.to_dict()) if args.json else summary.line(), file=sys.stdout, flush=True)
+    return 0
+
+
+def _embed_from_args(args: argparse.Namespace, model: str | None, device: str | None,
+                     kwargs: dict[str, Any]) -> CorpusSummary:
+    return embed_corpus(
         args.input, args.out, model=model, engine=args.engine, text_column=args.text_column,
         id_column=args.id_column or None, shard_size=args.shard_size, batch_size=args.batch_size,
         dimensions=args.dimensions, truncate=args.truncate, workers=args.workers,
@@ -908,9 +919,6 @@ def run_embed(args: argparse.Namespace) -> int:
         overwrite=args.overwrite, max_shards=args.max_shards, progress=False if args.no_progress else None,
         engine_kwargs=kwargs,
     )
-    if summary.primary:
-        print(json.dumps(summary.to_dict()) if args.json else summary.line(), file=sys.stdout, flush=True)
-    return 0
 
 
 def main(argv: Iterable[str] | None = None) -> int:
