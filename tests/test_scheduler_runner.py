@@ -91,3 +91,13 @@ def test_packed_cpu_linears_match_plain_linears(tiny, kind, monkeypatch) -> None
     ref = [o.outputs.data for o in plain.encode(SAMPLE_TEXTS, use_tqdm=False)]
     for g, r in zip(got, ref):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
+
+
+def test_large_budget_does_not_pad_short_rows_to_long_ones() -> None:
+    lengths = [120] * 4 + [12] * 500  # a few long chunks among many one-liners
+    buckets = length_buckets(256)
+    pad = lambda n: next(b for b in buckets if b >= n)  # noqa: E731
+    batches = schedule(lengths, SchedulerConfig(max_num_batched_tokens=16384, max_num_seqs=256), pad)
+    padded = sum(len(b) * pad(max(lengths[i] for i in b)) for b in batches)
+    assert padded / sum(lengths) < 1.4
+    assert all(len({pad(lengths[i]) for i in b}) == 1 for b in batches)

@@ -26,7 +26,9 @@ def schedule(
 ) -> list[list[int]]:
     """Group indices into batches, longest first, so that rows × padded length ≤ budget.
 
-    Sorting keeps padding small; a single sequence longer than the budget
+    Sorting keeps padding small, and a batch is also cut where the padded
+    length halves (a length-bucket boundary), so a large budget never pads many
+    short rows to a few long ones. A single sequence longer than the budget
     still gets a batch of its own. Callers restore input order by index.
     """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
@@ -34,16 +36,15 @@ def schedule(
     current: list[int] = []
     width = 0
     for index in order:
+        next_width = padded_length(lengths[index])
+        if current:
+            full = (len(current) + 1) * width > config.max_num_batched_tokens or len(current) >= config.max_num_seqs
+            if full or 2 * next_width <= width:
+                batches.append(current)
+                current = []
         if not current:
-            width = padded_length(lengths[index])
-            current = [index]
-            continue
-        if (len(current) + 1) * width > config.max_num_batched_tokens or len(current) >= config.max_num_seqs:
-            batches.append(current)
-            width = padded_length(lengths[index])
-            current = [index]
-        else:
-            current.append(index)
+            width = next_width
+        current.append(index)
     if current:
         batches.append(current)
     return batches
