@@ -14,7 +14,7 @@ import numpy as np
 import openai
 import pytest
 
-from poolkit import LLM, PoolingParams
+from poolkit import LLM
 from poolkit.entrypoints.testing import RemoteServer
 from poolkit.params import matryoshka_unsupported
 

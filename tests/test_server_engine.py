@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from poolkit import LLM
+from poolkit import LLM, PoolingParams
 from poolkit.async_engine import AsyncPoolingEngine, EngineClosedError
 from poolkit.entrypoints.api_server import ServerSettings, build_app
 from poolkit.entrypoints.cli import engine_kwargs, make_parser
@@ -120,7 +120,7 @@ async def test_close_drains_queued_work_then_refuses(llm) -> None:
     engine = AsyncPoolingEngine(llm, batch_wait_ms=300)
     app = build_app(engine, ServerSettings(served_model_names=["tiny-cls"]))
     engine.start()
-    options = engine.head_options("classify", __import__("poolkit").PoolingParams())
+    options = engine.head_options("classify", PoolingParams())
     tokens = await engine.tokenize(TEXTS)
     tasks = [asyncio.create_task(engine.run([t], [options])) for t in tokens]
     await asyncio.sleep(0.05)
@@ -152,6 +152,7 @@ def test_cli_flags_follow_vllm(monkeypatch) -> None:
         "model": "/models/x", "task": "score", "override_pooler_config": {"pooling_type": "MEAN"},
         "hf_overrides": {"is_matryoshka": True}, "trust_remote_code": True, "dtype": "bfloat16", "device": "cpu",
         "max_model_len": 128, "served_model_name": "a", "max_num_batched_tokens": None, "max_num_seqs": None,
+        "compile": None,
     }
     assert args.served_model_name == ["a", "b"]
     assert engine_kwargs(make_parser().parse_args(["serve", "default"]))["model"] is None
@@ -171,3 +172,12 @@ def test_cli_rejects_bad_flags(argv, capsys) -> None:
 def test_cli_json_helper_roundtrip() -> None:
     args = make_parser().parse_args(["serve", "--hf-overrides", json.dumps({"matryoshka_dimensions": [8]})])
     assert engine_kwargs(args)["hf_overrides"] == {"matryoshka_dimensions": [8]}
+
+
+def test_serve_with_bad_flags_exits_with_one_line(tiny) -> None:
+    from poolkit.entrypoints.api_server import run_server
+
+    args = make_parser().parse_args(["serve", str(tiny("encoder")), "--task", "classify"])
+    with pytest.raises(SystemExit) as info:
+        run_server(args)
+    assert str(info.value).startswith("poolkit serve: error: task='classify' needs a sequence-classification")

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
@@ -100,8 +101,11 @@ class AsyncPoolingEngine:
 
     Args:
         llm: the loaded offline engine; its ``PoolingEngine`` is used from one thread only.
-        batch_wait_ms: how long the worker waits after the oldest queued request
-            for others to join its batch.
+        batch_wait_ms: how long the worker waits after the latest queued request
+            for others to join its batch (it also waits for requests still being
+            tokenized).
+        max_batch_wait_ms: the longest a request waits for partners (default
+            10 × ``batch_wait_ms``).
         max_batch_tokens: tokens (sum of prompt lengths) merged into one
             ``execute`` call; large requests are split into chunks of this size
             so they interleave with small ones. Default: the engine's
@@ -117,6 +121,7 @@ class AsyncPoolingEngine:
         llm: LLM,
         *,
         batch_wait_ms: float = 2.0,
+        max_batch_wait_ms: float | None = None,
         max_batch_tokens: int | None = None,
         max_queued_tokens: int = 1 << 20,
         stats: EngineStats | None = None,
@@ -125,6 +130,8 @@ class AsyncPoolingEngine:
         self.engine = llm.engine
         self.model_config = llm.model_config
         self.batch_wait_s = max(0.0, batch_wait_ms) / 1000.0
+        self.max_batch_wait_s = max(self.batch_wait_s, (max_batch_wait_ms if max_batch_wait_ms is not None
+                                                        else 10 * batch_wait_ms) / 1000.0)
         self.max_batch_tokens = max(1, max_batch_tokens or self.engine.scheduler_config.max_num_batched_tokens)
         self.max_queued_tokens = max_queued_tokens
         self.stats = stats
@@ -132,6 +139,7 @@ class AsyncPoolingEngine:
         self._queued_tokens = 0
         self._cond = threading.Condition()
         self._closing = False
+        self._incoming = 0  # requests accepted and being tokenized, not yet queued
         self._tokens_per_s = 0.0  # moving average, for Retry-After
         self._worker: threading.Thread | None = None
         self._tokenizer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="poolkit-tokenizer")
@@ -176,6 +184,17 @@ class AsyncPoolingEngine:
         """Validate ``params`` for ``method`` (raises ``ValueError`` with the engine's message)."""
         return self.engine.head_options(method, params)
 
+    @contextlib.contextmanager
+    def _arriving(self) -> Iterator[None]:
+        """Mark a request as on its way to the queue (the worker waits for it to join a batch)."""
+        self._incoming += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._incoming -= 1
+                self._cond.notify()
+
     async def _in_tokenizer(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self._closing:
             raise EngineClosedError("The server is shutting down")
@@ -210,11 +229,17 @@ class AsyncPoolingEngine:
 
     async def run(self, prompts: Sequence[TokenizedPrompt], options: Sequence[HeadOptions]) -> list[np.ndarray]:
         """Queue tokenized prompts for the model worker; pooled outputs in input order."""
-        if not prompts:
-            return []
+        return await self.submit(prompts, options)
+
+    def submit(self, prompts: Sequence[TokenizedPrompt], options: Sequence[HeadOptions]) -> Awaitable[list[np.ndarray]]:
+        """Queue now (raising :class:`QueueFullError` / :class:`EngineClosedError` at once); await the outputs.
+
+        A request larger than ``max_batch_tokens`` is queued as several chunks so
+        that it interleaves with small requests instead of holding them up.
+        """
+        loop = asyncio.get_running_loop()
         if self._closing:
             raise EngineClosedError("The server is shutting down")
-        loop = asyncio.get_running_loop()
         items: list[_Work] = []
         start, tokens = 0, 0
         for i, prompt in enumerate(prompts):  # chunks of at most max_batch_tokens (one prompt at least)
@@ -222,7 +247,8 @@ class AsyncPoolingEngine:
                 items.append(_Work(list(prompts[start:i]), list(options[start:i]), loop.create_future(), tokens))
                 start, tokens = i, 0
             tokens += len(prompt)
-        items.append(_Work(list(prompts[start:]), list(options[start:]), loop.create_future(), tokens))
+        if start < len(prompts):
+            items.append(_Work(list(prompts[start:]), list(options[start:]), loop.create_future(), tokens))
         total = sum(w.num_tokens for w in items)
         with self._cond:
             if self._closing:
@@ -238,7 +264,19 @@ class AsyncPoolingEngine:
             self._cond.notify()
         if self.stats is not None:
             self.stats.set_queued_tokens(self._queued_tokens)
-        results = await asyncio.gather(*(w.future for w in items))
+        return self._collect(items)
+
+    @staticmethod
+    async def _collect(items: list[_Work]) -> list[np.ndarray]:
+        try:
+            results = await asyncio.gather(*(w.future for w in items))
+        except BaseException:
+            for w in items:  # one chunk failed (or we were cancelled): drop the rest of this request
+                if not w.future.done():
+                    w.future.cancel()
+                else:
+                    w.future.cancelled() or w.future.exception()  # mark retrieved: no "never retrieved" noise
+            raise
         return [value for chunk in results for value in chunk]
 
     def check_capacity(self) -> None:
@@ -270,8 +308,10 @@ class AsyncPoolingEngine:
         self.require(method)
         options = self.head_options(method, params or PoolingParams())
         self.check_capacity()
-        tokens = await self.tokenize(prompts, truncate_prompt_tokens)
-        values = await self.run(tokens, [options] * len(tokens))
+        with self._arriving():
+            tokens = await self.tokenize(prompts, truncate_prompt_tokens)
+            pending = self.submit(tokens, [options] * len(tokens))
+        values = await pending
         return PooledResult(values, [len(t) for t in tokens])
 
     async def score(
@@ -288,16 +328,20 @@ class AsyncPoolingEngine:
             options = self.head_options("embed", PoolingParams())
             self.check_capacity()
             unique = list({_key(p): p for p in (*left, *right)}.values())
-            tokens = await self.tokenize(unique, truncate_prompt_tokens)
-            values = await self.run(tokens, [options] * len(tokens))
+            with self._arriving():
+                tokens = await self.tokenize(unique, truncate_prompt_tokens)
+                pending = self.submit(tokens, [options] * len(tokens))
+            values = await pending
             found = {_key(p): (len(t), v) for p, t, v in zip(unique, tokens, values)}
             pairs = [(found[_key(a)], found[_key(b)]) for a, b in zip(left, right)]
             scores = cosine_scores([torch.from_numpy(a[1]) for a, _ in pairs], [torch.from_numpy(b[1]) for _, b in pairs])
             return ScoreResult(scores, [a[0] + b[0] for a, b in pairs])
         options = self.head_options("score", params or PoolingParams())
         self.check_capacity()
-        tokens = await self.tokenize_pairs(left, right, truncate_prompt_tokens)
-        values = await self.run(tokens, [options] * len(tokens))
+        with self._arriving():
+            tokens = await self.tokenize_pairs(left, right, truncate_prompt_tokens)
+            pending = self.submit(tokens, [options] * len(tokens))
+        values = await pending
         return ScoreResult([float(v.reshape(-1)[0]) for v in values], [len(t) for t in tokens])
 
     # -- the model worker thread ---------------------------------------------------
@@ -308,8 +352,14 @@ class AsyncPoolingEngine:
                 if self._closing:
                     return None
                 self._cond.wait()
-            deadline = self._queue[0].enqueued + self.batch_wait_s
+            # Wait batch_wait after the latest arrival (a burst keeps the window open), and while
+            # requests the server already holds are still being tokenized; never past max_batch_wait
+            # after the oldest request, nor once the token budget is full.
+            hard_deadline = self._queue[0].enqueued + self.max_batch_wait_s
             while not self._closing and self._queued_tokens < self.max_batch_tokens:
+                deadline = hard_deadline
+                if self._incoming == 0:
+                    deadline = min(deadline, self._queue[-1].enqueued + self.batch_wait_s)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break

@@ -82,7 +82,7 @@ class ServerSettings:
     max_inputs_per_request: int = 2048
     max_input_chars: int = 100_000
     max_request_bytes: int = 64 * 1024 * 1024
-    model_root: str = ""
+    shutdown_timeout: float | None = 30.0  # for the model worker to finish queued work
     created: int = field(default_factory=lambda: int(time.time()))
 
 
@@ -208,7 +208,7 @@ def build_app(engine: AsyncPoolingEngine, settings: ServerSettings, metrics: Ser
                     ", ".join(sorted(enabled_paths)))
         yield
         logger.info("Shutting down: draining queued requests")
-        await engine.close()
+        await engine.close(timeout=settings.shutdown_timeout)
 
     app = FastAPI(
         title="poolkit",
@@ -269,7 +269,7 @@ def build_app(engine: AsyncPoolingEngine, settings: ServerSettings, metrics: Ser
         for i, item in enumerate(items):
             if len(item) == 0:
                 kind = "an empty string" if isinstance(item, str) else "an empty list of token ids"
-                raise APIError(400, f"'{field_name}' item {i} is {kind}; every input must contain text")
+                raise APIError(400, f"'{field_name}' item {i} is {kind}; inputs must not be empty")
             if isinstance(item, str) and len(item) > limit:
                 raise APIError(400, f"'{field_name}' item {i} has {len(item)} characters, more than this server's "
                                     f"limit of {limit} characters")
@@ -334,7 +334,7 @@ def build_app(engine: AsyncPoolingEngine, settings: ServerSettings, metrics: Ser
     async def list_models() -> Response:
         cards = [
             {"id": name, "object": "model", "created": settings.created, "owned_by": "poolkit",
-             "root": settings.model_root or mc.model, "parent": None, "max_model_len": mc.max_model_len,
+             "root": mc.model, "parent": None, "max_model_len": mc.max_model_len,
              "task": mc.task}
             for name in names
         ]
@@ -500,12 +500,17 @@ def run_server(args: argparse.Namespace) -> int:
     from ..engine import LLM
     from .cli import engine_kwargs
 
-    llm = LLM(**engine_kwargs(args))
+    try:
+        llm = LLM(**engine_kwargs(args))
+    except (ValueError, TypeError, OSError) as exc:  # bad model, task or flags: one clear line, no traceback
+        logger.debug("Model loading failed", exc_info=True)
+        raise SystemExit(f"poolkit serve: error: {exc}") from None
     _warm_up(llm)
     metrics = ServerMetrics()
     engine = AsyncPoolingEngine(
         llm,
         batch_wait_ms=args.batch_wait_ms,
+        max_batch_wait_ms=args.max_batch_wait_ms,
         max_batch_tokens=args.max_batch_tokens,
         max_queued_tokens=args.max_queued_tokens,
         stats=metrics,
@@ -516,6 +521,7 @@ def run_server(args: argparse.Namespace) -> int:
         max_inputs_per_request=args.max_inputs_per_request,
         max_input_chars=args.max_input_chars,
         max_request_bytes=args.max_request_bytes,
+        shutdown_timeout=args.shutdown_timeout,
     )
     app = build_app(engine, settings, metrics)
     config = uvicorn.Config(

@@ -20,6 +20,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..corpus import add_embed_parser
+
 logger = logging.getLogger("poolkit")
 
 
@@ -83,6 +85,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-num-batched-tokens", type=int, default=None,
                        help="Padded tokens per forward pass (env POOLKIT_MAX_BATCHED_TOKENS)")
     group.add_argument("--max-num-seqs", type=int, default=None, help="Rows per forward pass (env POOLKIT_MAX_NUM_SEQS)")
+    group.add_argument("--compile", choices=["auto", "on", "off"], default=None,
+                       help="torch.compile the model per length bucket (env POOLKIT_COMPILE; default off)")
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -105,6 +109,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "served_model_name": names[0] if names else None,
         "max_num_batched_tokens": args.max_num_batched_tokens,
         "max_num_seqs": args.max_num_seqs,
+        "compile": getattr(args, "compile", None),
     }
 
 
@@ -126,7 +131,9 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
                        help="Idle keep-alive seconds (default: %(default)s)")
     limits = parser.add_argument_group("batching and limits")
     limits.add_argument("--batch-wait-ms", type=float, default=_env("batch_wait_ms", 2.0, float),
-                        help="How long a request waits for others to share its batch (default: %(default)s)")
+                        help="Window after the latest request for others to join the batch (default: %(default)s)")
+    limits.add_argument("--max-batch-wait-ms", type=float, default=_env("max_batch_wait_ms", None, float),
+                        help="Longest a request waits for batch partners (default: 10 x --batch-wait-ms)")
     limits.add_argument("--max-batch-tokens", type=int, default=_env("max_batch_tokens", None, int),
                         help="Prompt tokens merged into one engine call (default: the engine's batch token budget)")
     limits.add_argument("--max-queued-tokens", type=int, default=_env("max_queued_tokens", 1 << 20, int),
@@ -159,7 +166,7 @@ def _add_serve(subparsers: Any) -> None:
 
 
 # name → function adding the subparser; extend to add commands (e.g. "embed").
-SUBCOMMANDS: dict[str, Callable[[Any], None]] = {"serve": _add_serve}
+SUBCOMMANDS: dict[str, Callable[[Any], None]] = {"serve": _add_serve, "embed": add_embed_parser}
 
 
 def make_parser() -> argparse.ArgumentParser:

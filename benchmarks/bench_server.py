@@ -1,0 +1,237 @@
+"""Load test of `poolkit serve`: C concurrent clients × N texts per request, against the offline engine.
+
+    .venv/bin/python benchmarks/bench_server.py --clients 16 --texts-per-request 16 --num-texts 1500
+
+Starts `poolkit serve MODEL` on a free loopback port (or uses --url), sends the first K texts of
+../shared/data/bench_corpus.jsonl once (K / N requests shared by C clients, with
+`truncate_prompt_tokens=-1`; the offline run truncates the same way), then stops the server and
+times `LLM.embed` on the same texts in this process. Prints texts/s, p50/p99 latency and errors
+for each, and the ratio.
+
+A peer runs the same load side by side: `--peer infinity --infinity-bin PATH/infinity_emb` starts
+Infinity on the same model (loopback, `DO_NOT_TRACK=1`) after poolkit's server has stopped, or
+`--peer-url URL` uses any running OpenAI-compatible /embeddings server. Infinity must live in its
+own venv (it pins other torch/transformers versions), e.g.
+
+    python3 -m venv /tmp/infvenv && /tmp/infvenv/bin/pip install torch==2.13.0 \
+        "infinity-emb[server,torch]==0.0.78"
+
+On a shared machine, check `uptime` first: the load generator itself shares the CPU with the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO.parent / "shared" / "data" / "bench_corpus.jsonl"
+
+
+def load_texts(path: Path, n: int) -> list[str]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line)["text"] for _, line in zip(range(n), fh)]
+
+
+async def run_load(url: str, path: str, texts: list[str], clients: int, per_request: int, model: str | None,
+                   extra: dict, headers: dict, max_seconds: float, warmup: int) -> dict:
+    batches = [texts[i: i + per_request] for i in range(0, len(texts), per_request)]
+    latencies: list[float] = []
+    errors: list[str] = []
+    sent_texts = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=300, limits=limits) as client:
+
+        def body(batch: list[str]) -> dict:
+            payload = {"input": batch, "encoding_format": "base64", **extra}
+            if model:
+                payload["model"] = model
+            return payload
+
+        for batch in batches[:warmup]:  # not timed
+            (await client.post(path, json=body(batch))).raise_for_status()
+
+        queue: asyncio.Queue[list[str]] = asyncio.Queue()
+        for batch in batches:
+            queue.put_nowait(batch)
+        deadline = time.perf_counter() + max_seconds
+
+        async def worker() -> None:
+            nonlocal sent_texts
+            while not queue.empty() and time.perf_counter() < deadline:
+                batch = queue.get_nowait()
+                start = time.perf_counter()
+                try:
+                    response = await client.post(path, json=body(batch))
+                    if response.status_code != 200:
+                        errors.append(f"{response.status_code}: {response.text[:200]}")
+                    elif len(response.json()["data"]) != len(batch):
+                        errors.append("wrong number of embeddings")
+                    else:
+                        sent_texts += len(batch)
+                except httpx.HTTPError as exc:
+                    errors.append(repr(exc))
+                latencies.append(time.perf_counter() - start)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        elapsed = time.perf_counter() - start
+    lat = np.array(latencies) * 1000 if latencies else np.zeros(1)
+    return {"texts": sent_texts, "requests": len(latencies), "seconds": elapsed, "texts_per_s": sent_texts / elapsed,
+            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+            "errors": len(errors), "first_errors": errors[:3]}
+
+
+def scrape_batches(url: str, headers: dict) -> dict:
+    text = httpx.get(url + "/metrics", headers=headers, timeout=30).text
+
+    def value(name: str) -> float:
+        match = re.search(rf"^{name} (\S+)$", text, re.M)
+        return float(match.group(1)) if match else float("nan")
+
+    count = value("poolkit_batch_size_count")
+    return {"batches": count, "mean_batch_seqs": value("poolkit_batch_size_sum") / count,
+            "mean_batch_tokens": value("poolkit_batch_tokens_sum") / count,
+            "engine_seconds": value("poolkit_batch_execute_seconds_sum")}
+
+
+def start_infinity(binary: str, model_path: str, name: str, port: int) -> subprocess.Popen:
+    log = tempfile.NamedTemporaryFile(prefix="infinity-", suffix=".log", delete=False)
+    env = {**os.environ, "DO_NOT_TRACK": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([binary, "v2", "--model-id", model_path, "--served-model-name", name, "--host",
+                             "127.0.0.1", "--port", str(port), "--engine", "torch", "--device", "cpu"],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"infinity exited: {open(log.name).read()[-3000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise TimeoutError("infinity did not start")
+
+
+class Offline:
+    """``LLM.embed`` on the same texts, truncated the same way, in this process."""
+
+    def __init__(self, model: str) -> None:
+        from poolkit import LLM
+
+        self.llm = LLM(None if model == "default" else model)
+
+    def run(self, texts: list[str]) -> dict:
+        self.llm.embed(texts[:64], truncate_prompt_tokens=-1, use_tqdm=False)  # warm-up
+        start = time.perf_counter()
+        self.llm.embed(texts, truncate_prompt_tokens=-1, use_tqdm=False)
+        seconds = time.perf_counter() - start
+        return {"texts": len(texts), "seconds": seconds, "texts_per_s": len(texts) / seconds}
+
+
+def report(name: str, r: dict) -> None:
+    print(f"{name:<10} {r['texts_per_s']:8.1f} texts/s  {r['texts']} texts in {r['seconds']:.2f} s  "
+          f"p50 {r['p50_ms']:.0f} ms  p99 {r['p99_ms']:.0f} ms  errors {r['errors']}"
+          + (f"  e.g. {r['first_errors'][0]}" if r["errors"] else ""))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="default", help="poolkit serve MODEL and the offline LLM (default: %(default)s)")
+    p.add_argument("--url", help="Use a running poolkit server instead of starting one")
+    p.add_argument("--api-key")
+    p.add_argument("--server-args", default="", help="Extra flags for poolkit serve, e.g. '--batch-wait-ms 5'")
+    p.add_argument("--clients", "-c", type=int, default=16)
+    p.add_argument("--texts-per-request", "-n", type=int, default=16)
+    p.add_argument("--num-texts", "-k", type=int, default=1500, help="First K corpus texts (default: %(default)s)")
+    p.add_argument("--corpus", type=Path, default=CORPUS)
+    p.add_argument("--warmup", type=int, default=4, help="Untimed requests first (default: %(default)s)")
+    p.add_argument("--max-seconds", type=float, default=600, help="Stop sending after this long")
+    p.add_argument("--rounds", type=int, default=1, help="Interleaved rounds of server, peer and offline runs")
+    p.add_argument("--no-offline", action="store_true")
+    p.add_argument("--peer", choices=["infinity"], help="Start this peer server on the same model and load it too")
+    p.add_argument("--infinity-bin", default="/tmp/infvenv/bin/infinity_emb", help="(default: %(default)s)")
+    p.add_argument("--peer-url", help="Also load a running OpenAI-compatible peer, e.g. http://127.0.0.1:7997")
+    p.add_argument("--peer-path", default="/embeddings")
+    p.add_argument("--peer-model", default="sentence-transformers/all-MiniLM-L6-v2")
+    p.add_argument("--json", type=Path, help="Also write the results here")
+    args = p.parse_args()
+
+    texts = load_texts(args.corpus, args.num_texts)
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    print(f"{len(texts)} texts, {args.clients} clients x {args.texts_per_request} texts/request", flush=True)
+    results: dict = {"config": vars(args) | {"corpus": str(args.corpus), "json": None}}
+
+    stack = contextlib.ExitStack()
+    url = args.url
+    if url is None:
+        from poolkit.entrypoints.testing import RemoteServer
+
+        server = RemoteServer(args.model, ["--disable-access-log", *shlex.split(args.server_args)], api_key=args.api_key)
+        url = stack.enter_context(server).url
+    peer_url = args.peer_url
+    if args.peer == "infinity" and not peer_url:
+        from poolkit.entrypoints.testing import free_port
+        from poolkit.loader import resolve_model_path
+
+        port = free_port()
+        proc = start_infinity(args.infinity_bin, resolve_model_path(None if args.model == "default" else args.model),
+                              args.peer_model, port)
+        stack.callback(lambda: (proc.terminate(), proc.wait(60)))
+        peer_url = f"http://127.0.0.1:{port}"
+    offline = None if args.no_offline else Offline(args.model)
+
+    # Rounds interleave the systems so that load from other processes hits them alike.
+    rounds: list[dict] = []
+    with stack:
+        for r in range(args.rounds):
+            row: dict = {}
+            row["poolkit"] = asyncio.run(run_load(url, "/v1/embeddings", texts, args.clients, args.texts_per_request,
+                                                  None, {"truncate_prompt_tokens": -1}, headers, args.max_seconds,
+                                                  args.warmup))
+            report("poolkit", row["poolkit"])
+            if peer_url:
+                row["peer"] = asyncio.run(run_load(peer_url, args.peer_path, texts, args.clients,
+                                                   args.texts_per_request, args.peer_model, {}, {}, args.max_seconds,
+                                                   args.warmup))
+                report(args.peer or "peer", row["peer"])
+            if offline is not None:
+                row["offline"] = offline.run(texts)
+                o = row["offline"]
+                print(f"{'offline':<10} {o['texts_per_s']:8.1f} texts/s  LLM.embed on the same {o['texts']} texts "
+                      f"in {o['seconds']:.2f} s", flush=True)
+            rounds.append(row)
+        batching = scrape_batches(url, headers)
+    results["rounds"] = rounds
+    results["server_batching"] = batching
+    print(f"server batching: {batching['batches']:.0f} engine calls, mean {batching['mean_batch_seqs']:.1f} texts / "
+          f"{batching['mean_batch_tokens']:.0f} tokens each; engine busy {batching['engine_seconds']:.1f} s in all")
+    for other in ("offline", "peer"):
+        ratios = [row["poolkit"]["texts_per_s"] / row[other]["texts_per_s"] for row in rounds if other in row]
+        if ratios:
+            name = args.peer or "peer" if other == "peer" else "offline"
+            print(f"ratio poolkit server / {name}: " + ", ".join(f"{x:.2f}x" for x in ratios)
+                  + (f" (median {statistics.median(ratios):.2f}x)" if len(ratios) > 1 else ""))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+    return 1 if any(row["poolkit"]["errors"] for row in rounds) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
