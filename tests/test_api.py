@@ -209,3 +209,17 @@ def test_repr_is_informative(encoder: LLM) -> None:
     text = repr(encoder)
     assert "task='embed'" in text and "MEAN" in text and "max_model_len=128" in text
     assert "hidden_size=32" in repr(encoder.embed("hi", use_tqdm=False)[0])
+
+
+def test_chunked_tokenization_pipeline_keeps_order_and_error_indices(encoder: LLM, monkeypatch) -> None:
+    import poolkit.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "TOKENIZE_CHUNK", 4)
+    texts = [f"text number {i} " + "word " * (i % 7) for i in range(11)]
+    piped = _vectors(encoder.embed(texts, use_tqdm=False))
+    monkeypatch.setattr(engine_module, "TOKENIZE_CHUNK", 1000)
+    whole = _vectors(encoder.embed(texts, use_tqdm=False))
+    np.testing.assert_allclose(piped, whole, atol=1e-6)
+    monkeypatch.setattr(engine_module, "TOKENIZE_CHUNK", 4)
+    with pytest.raises(ValueError, match="Prompt 9 has"):
+        encoder.embed(texts[:9] + ["word " * 500] + texts[:1])

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 import torch
 
-from .engine import LLM, _key, pair_up
+from .engine import LLM, prompt_key, pair_up
 from .inputs import Prompt, TokenizedPrompt
 from .params import PoolingParams
 from .pooling import HeadOptions, cosine_scores
@@ -214,7 +214,7 @@ class AsyncPoolingEngine:
         processor = self.engine.processor
 
         def run() -> list[int]:
-            text_ = processor._prepare_text(text)
+            text_ = processor.prepare_text(text)
             return list(processor.tokenizer(text_, add_special_tokens=add_special_tokens, truncation=False,
                                             verbose=False)["input_ids"])
 
@@ -327,13 +327,13 @@ class AsyncPoolingEngine:
         if self.model_config.task == "embed":
             options = self.head_options("embed", PoolingParams())
             self.check_capacity()
-            unique = list({_key(p): p for p in (*left, *right)}.values())
+            unique = list({prompt_key(p): p for p in (*left, *right)}.values())
             with self._arriving():
                 tokens = await self.tokenize(unique, truncate_prompt_tokens)
                 pending = self.submit(tokens, [options] * len(tokens))
             values = await pending
-            found = {_key(p): (len(t), v) for p, t, v in zip(unique, tokens, values)}
-            pairs = [(found[_key(a)], found[_key(b)]) for a, b in zip(left, right)]
+            found = {prompt_key(p): (len(t), v) for p, t, v in zip(unique, tokens, values)}
+            pairs = [(found[prompt_key(a)], found[prompt_key(b)]) for a, b in zip(left, right)]
             scores = cosine_scores([torch.from_numpy(a[1]) for a, _ in pairs], [torch.from_numpy(b[1]) for _, b in pairs])
             return ScoreResult(scores, [a[0] + b[0] for a, b in pairs])
         options = self.head_options("score", params or PoolingParams())

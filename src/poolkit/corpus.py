@@ -148,7 +148,7 @@ class TextTokenizer:
             # Only a text that came out exactly at the limit can have been cut: look again at those.
             candidates = [i for i, t in enumerate(tokens) if len(t) == limit]
             if candidates:
-                prepare = getattr(processor, "_prepare_text", lambda text: text)
+                prepare = getattr(processor, "prepare_text", lambda text: text)
                 enc = processor.tokenizer([prepare(texts[i]) for i in candidates], add_special_tokens=True,
                                           truncation=False, verbose=False)
                 for i, ids in zip(candidates, enc["input_ids"]):

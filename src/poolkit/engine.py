@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -30,6 +32,10 @@ from .runner import ModelRunner, resolve_compile, select_device, select_dtype
 from .scheduler import SchedulerConfig, schedule
 
 logger = logging.getLogger(__name__)
+
+# Inputs longer than this are tokenized chunk by chunk on a helper thread,
+# overlapping the model's work on the previous chunk.
+TOKENIZE_CHUNK = 4096
 
 
 def _env_int(name: str, default: int) -> int:
@@ -65,12 +71,19 @@ class PoolingEngine:
 
     @torch.inference_mode()
     def execute(
-        self, prompts: Sequence[TokenizedPrompt], options: Sequence[HeadOptions], use_tqdm: bool = False
+        self,
+        prompts: Sequence[TokenizedPrompt],
+        options: Sequence[HeadOptions],
+        use_tqdm: bool = False,
+        progress: tqdm | None = None,
     ) -> list[torch.Tensor]:
-        """Pooled outputs in input order (CPU float32 tensors)."""
+        """Pooled outputs in input order (CPU float32 tensors).
+
+        ``progress``: an open tqdm bar to advance instead of a bar of this call's own.
+        """
         results: list[torch.Tensor | None] = [None] * len(prompts)
         batches = schedule([len(p) for p in prompts], self.scheduler_config, self.runner.padded_length)
-        with tqdm(total=len(prompts), desc="Processed prompts", unit="prompt", disable=None if use_tqdm else True) as bar:
+        with contextlib.nullcontext(progress) if progress is not None else _progress(len(prompts), use_tqdm) as bar:
             for batch in batches:
                 members = [prompts[i] for i in batch]
                 states, lengths = self.runner.execute(members)
@@ -79,6 +92,11 @@ class PoolingEngine:
                     results[index] = value
                 bar.update(len(batch))
         return results  # type: ignore[return-value]
+
+
+def _progress(total: int, use_tqdm: bool) -> tqdm:
+    """A prompt progress bar; tqdm hides it by itself when stderr is not a terminal."""
+    return tqdm(total=total, desc="Processed prompts", unit="prompt", disable=None if use_tqdm else True)
 
 
 def _as_params_list(pooling_params: PoolingParams | Sequence[PoolingParams] | None, n: int) -> list[PoolingParams]:
@@ -269,11 +287,11 @@ class LLM:
         left, right = pair_up(normalize_prompts(data_1), normalize_prompts(data_2))
         params = pooling_params or PoolingParams()
         if self.model_config.task == "embed":
-            unique = list({_key(p): p for p in (*left, *right)}.values())
+            unique = list({prompt_key(p): p for p in (*left, *right)}.values())
             tokens = self.engine.processor.encode(unique, truncate_prompt_tokens)
             options = [self.engine.head_options("embed", PoolingParams())] * len(unique)
-            vectors = dict(zip((_key(p) for p in unique), zip(tokens, self.engine.execute(tokens, options, use_tqdm))))
-            pairs = [(vectors[_key(a)], vectors[_key(b)]) for a, b in zip(left, right)]
+            vectors = dict(zip((prompt_key(p) for p in unique), zip(tokens, self.engine.execute(tokens, options, use_tqdm))))
+            pairs = [(vectors[prompt_key(a)], vectors[prompt_key(b)]) for a, b in zip(left, right)]
             scores = cosine_scores([a[1] for a, _ in pairs], [b[1] for _, b in pairs])
             return [
                 ScoringRequestOutput(self._next_id(), a[0].input_ids + b[0].input_ids, ScoringOutput(s))
@@ -314,11 +332,36 @@ class LLM:
         options = [self.engine.head_options(method, p) for p in params]
         if not items:
             return [], []
-        tokens = self.engine.processor.encode(items, truncate_prompt_tokens)
-        return tokens, self.engine.execute(tokens, options, use_tqdm)
+        if len(items) <= TOKENIZE_CHUNK:
+            tokens = self.engine.processor.encode(items, truncate_prompt_tokens)
+            return tokens, self.engine.execute(tokens, options, use_tqdm)
+        return self._run_pipelined(items, options, truncate_prompt_tokens, use_tqdm)
+
+    def _run_pipelined(
+        self, items: list[Prompt], options: list[HeadOptions], truncate_prompt_tokens: int | None, use_tqdm: bool
+    ) -> tuple[list[TokenizedPrompt], list[torch.Tensor]]:
+        """Tokenize chunk k+1 on a helper thread while the model runs chunk k."""
+        encode = self.engine.processor.encode
+        chunk_starts = range(0, len(items), TOKENIZE_CHUNK)
+        tokens: list[TokenizedPrompt] = []
+        results: list[torch.Tensor] = []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="poolkit-tokenize") as pool, \
+                _progress(len(items), use_tqdm) as bar:
+            pending = pool.submit(encode, items[:TOKENIZE_CHUNK], truncate_prompt_tokens, 0)
+            for start in chunk_starts:
+                chunk = pending.result()
+                following = start + TOKENIZE_CHUNK
+                if following < len(items):
+                    pending = pool.submit(
+                        encode, items[following : following + TOKENIZE_CHUNK], truncate_prompt_tokens, following
+                    )
+                results += self.engine.execute(chunk, options[start : start + len(chunk)], progress=bar)
+                tokens += chunk
+        return tokens, results
 
 
-def _key(prompt: Prompt) -> Any:
+def prompt_key(prompt: Prompt) -> Any:
+    """A hashable identity for a prompt (deduplicates the texts of 1:N scoring)."""
     return prompt if isinstance(prompt, str) else tuple(prompt)
 
 

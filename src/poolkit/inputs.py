@@ -70,13 +70,19 @@ class InputProcessor:
             )
         return truncate_prompt_tokens
 
-    def _prepare_text(self, text: str) -> str:
+    def prepare_text(self, text: str) -> str:
+        """The model's own text normalization (Sentence-Transformers ``do_lower_case``)."""
         return text.lower() if self.model_config.do_lower_case else text
 
-    def encode(self, prompts: Sequence[Prompt], truncate_prompt_tokens: int | None = None) -> list[TokenizedPrompt]:
-        """Tokenize texts in one batched call; token-id prompts pass through checked."""
+    def encode(
+        self, prompts: Sequence[Prompt], truncate_prompt_tokens: int | None = None, first_index: int = 0
+    ) -> list[TokenizedPrompt]:
+        """Tokenize texts in one batched call; token-id prompts pass through checked.
+
+        ``first_index`` is the position of ``prompts[0]`` in the caller's input, for error messages.
+        """
         limit = self.resolve_truncation(truncate_prompt_tokens)
-        texts = [(i, self._prepare_text(p)) for i, p in enumerate(prompts) if isinstance(p, str)]
+        texts = [(i, self.prepare_text(p)) for i, p in enumerate(prompts) if isinstance(p, str)]
         out: list[TokenizedPrompt | None] = [None] * len(prompts)
         if texts:
             enc = self.tokenizer([t for _, t in texts], add_special_tokens=True, truncation=False, verbose=False)
@@ -84,7 +90,7 @@ class InputProcessor:
                 out[i] = TokenizedPrompt(list(ids))
             too_long = [i for i, _ in texts if limit is not None and len(out[i]) > limit]
             if too_long:
-                enc = self.tokenizer([self._prepare_text(prompts[i]) for i in too_long], add_special_tokens=True,
+                enc = self.tokenizer([self.prepare_text(prompts[i]) for i in too_long], add_special_tokens=True,
                                      truncation=True, max_length=limit, verbose=False)
                 for i, ids in zip(too_long, enc["input_ids"]):
                     out[i] = TokenizedPrompt(list(ids))
@@ -93,12 +99,12 @@ class InputProcessor:
                 ids = list(prompt)
                 bad = [t for t in ids if t < 0 or t >= self.vocab_size]
                 if bad:
-                    raise ValueError(f"Prompt {i} has token id {bad[0]} outside the vocabulary (size {self.vocab_size})")
+                    raise ValueError(f"Prompt {first_index + i} has token id {bad[0]} outside the vocabulary (size {self.vocab_size})")
                 if limit is not None and len(ids) > limit:
                     ids = ids[-limit:] if self.tokenizer.truncation_side == "left" else ids[:limit]
                 out[i] = TokenizedPrompt(ids)
         result = [p for p in out if p is not None]
-        self.check(result)
+        self.check(result, first_index)
         return result
 
     def encode_pairs(
@@ -108,8 +114,8 @@ class InputProcessor:
         limit = self.resolve_truncation(truncate_prompt_tokens)
         if not all(isinstance(t, str) for t in (*lefts, *rights)):
             raise TypeError("Cross-encoder scoring takes text prompts, not token ids")
-        lefts = [self._prepare_text(t) for t in lefts]
-        rights = [self._prepare_text(t) for t in rights]
+        lefts = [self.prepare_text(t) for t in lefts]
+        rights = [self.prepare_text(t) for t in rights]
         kwargs: dict[str, Any] = {"truncation": False}
         if limit is not None:
             kwargs = {"truncation": True, "max_length": limit}
@@ -122,8 +128,8 @@ class InputProcessor:
         self.check(result)
         return result
 
-    def check(self, prompts: Sequence[TokenizedPrompt]) -> None:
-        for index, prompt in enumerate(prompts):
+    def check(self, prompts: Sequence[TokenizedPrompt], first_index: int = 0) -> None:
+        for index, prompt in enumerate(prompts, start=first_index):
             if len(prompt) == 0:
                 raise ValueError(f"Prompt {index} is empty: it has no tokens to pool")
             if len(prompt) > self.max_model_len:
