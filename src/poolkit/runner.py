@@ -197,6 +197,10 @@ class ModelRunner:
         )
 
     def padded_length(self, length: int) -> int:
+        """Compiled graphs need few shapes (power-of-two buckets); eager kernels only
+        like multiples of 8, and padding less is simply less work."""
+        if not self.compiled:
+            return min(-(-length // 8) * 8, max(self.buckets[-1], length))
         for bucket in self.buckets:
             if bucket >= length:
                 return bucket

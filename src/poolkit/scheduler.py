@@ -27,8 +27,9 @@ def schedule(
     """Group indices into batches, longest first, so that rows × padded length ≤ budget.
 
     Sorting keeps padding small, and a batch is also cut where the padded
-    length halves (a length-bucket boundary), so a large budget never pads many
-    short rows to a few long ones. A single sequence longer than the budget
+    length drops to three quarters of the batch's width (at the latest at a
+    length-bucket boundary), so a large budget never pads many short rows to a
+    few long ones. A single sequence longer than the budget
     still gets a batch of its own. Callers restore input order by index.
     """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
@@ -39,7 +40,7 @@ def schedule(
         next_width = padded_length(lengths[index])
         if current:
             full = (len(current) + 1) * width > config.max_num_batched_tokens or len(current) >= config.max_num_seqs
-            if full or 2 * next_width <= width:
+            if full or 4 * next_width <= 3 * width:
                 batches.append(current)
                 current = []
         if not current:
