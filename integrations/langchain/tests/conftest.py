@@ -74,10 +74,14 @@ def tiny_cross_encoder_llm(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 @pytest.fixture(scope="session")
 def default_llm() -> Any:
-    """The bundled all-MiniLM-L6-v2, loaded once for the whole session."""
+    """The bundled all-MiniLM-L6-v2, loaded once for the whole session.
+
+    float32, like the test server: bf16 results move by ~1e-3 with batch composition, which
+    would blur the "server == in-process" comparisons.
+    """
     from poolkit import LLM
 
-    return LLM()
+    return LLM(dtype="float32")
 
 
 @pytest.fixture(scope="session")
@@ -103,6 +107,8 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "poolkit.entrypoints.cli",
         "serve",
         "default",
+        "--dtype",
+        "float32",
         "--host",
         "127.0.0.1",
         "--port",
