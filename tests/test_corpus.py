@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pa = pytest.importorskip("pyarrow")
+import pyarrow as pa
 import pyarrow.parquet as pq  # noqa: E402
 
 from poolkit import LLM, PoolingParams  # noqa: E402
@@ -194,7 +194,7 @@ def test_source_errors(tmp_path):
 
 
 def test_poolkit_cli_registers_embed():
-    cli = pytest.importorskip("poolkit.entrypoints.cli")
+    from poolkit.entrypoints import cli
     parser = cli.make_parser()
     args = parser.parse_args(["embed", "in.jsonl", "--out", "o", "--engine", "ray", "--truncate", "none"])
     assert args.engine == "ray" and args.truncate is None and callable(args.func)

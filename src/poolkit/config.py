@@ -158,7 +158,6 @@ class ModelConfig:
         return frozenset(methods)
 
 
-ENCODER_ONLY_SUFFIXES = ("ForMaskedLM", "Model")
 
 
 def is_encoder_only(hf_config: Any) -> bool:

@@ -20,8 +20,7 @@ REFUSAL = (
 
 @pytest.fixture(scope="module")
 def texts() -> list[str]:
-    if not CORPUS.exists():
-        pytest.skip(f"benchmark corpus not found at {CORPUS}")
+    assert CORPUS.exists(), f"benchmark corpus not found at {CORPUS} (shared/ must sit beside the repo)"
     seen: dict[str, None] = {}
     with CORPUS.open(encoding="utf-8") as lines:
         for line in lines:

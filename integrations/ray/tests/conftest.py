@@ -18,8 +18,8 @@ from poolkit.testing import build_tiny_checkpoint
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    ray = pytest.importorskip("ray")
-    import ray.data
+    import ray
+    import ray.data  # noqa: F401  (registers the Data API on the module)
 
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED")}
     os.environ["RAY_AUTH_MODE"] = "disabled"          # ray >= 2.5x enables token auth for new local clusters
