@@ -192,7 +192,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     configure_logging(getattr(args, "log_level", "info"))
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C after the server drained (or mid-job): no traceback
+        logger.info("Interrupted")
+        return 130
 
 
 if __name__ == "__main__":
