@@ -31,8 +31,22 @@ def test_schedule_respects_budget_and_covers_every_index() -> None:
     assert padded / sum(lengths) < 1.6
 
 
+def test_packed_schedule_counts_real_tokens_and_groups_equal_lengths() -> None:
+    rng = random.Random(1)
+    lengths = [rng.randint(1, 300) for _ in range(1000)]
+    config = SchedulerConfig(max_num_batched_tokens=4096, max_num_seqs=64)
+    batches = schedule(lengths, config)
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    for batch in batches:
+        assert sum(lengths[i] for i in batch) <= 4096 and len(batch) <= 64
+        assert [lengths[i] for i in batch] == sorted((lengths[i] for i in batch), reverse=True)
+    # Without padding there is no reason to cut early: batches are full but for the last.
+    assert all(sum(lengths[i] for i in b) > 4096 - 300 or len(b) == 64 for b in batches[:-1])
+
+
 def test_single_sequence_over_budget_gets_its_own_batch() -> None:
     assert schedule([600, 10, 10], SchedulerConfig(max_num_batched_tokens=512)) == [[0], [1, 2]]
+    assert schedule([600, 10, 10], SchedulerConfig(max_num_batched_tokens=512), lambda n: n) == [[0], [1, 2]]
 
 
 def test_length_buckets() -> None:
@@ -83,10 +97,10 @@ def test_packed_cpu_linears_match_plain_linears(tiny, kind, monkeypatch) -> None
     packed = LLM(path, dtype="float32")
     if not torch.backends.mkldnn.is_available():
         pytest.skip("oneDNN not available on this build")
-    assert packed.engine.runner.packed_linears > 0
-    monkeypatch.setenv("POOLKIT_CPU_PACK", "0")
+    assert packed.engine.runner.prepacked_linears > 0
+    monkeypatch.setenv("POOLKIT_CPU_PREPACK", "0")
     plain = LLM(path, dtype="float32")
-    assert plain.engine.runner.packed_linears == 0
+    assert plain.engine.runner.prepacked_linears == 0
     got = [o.outputs.data for o in packed.encode(SAMPLE_TEXTS, use_tqdm=False)]
     ref = [o.outputs.data for o in plain.encode(SAMPLE_TEXTS, use_tqdm=False)]
     for g, r in zip(got, ref):

@@ -28,7 +28,7 @@ from .outputs import (
 )
 from .params import PoolingParams
 from .pooling import HeadOptions, Pooler, cosine_scores
-from .runner import ModelRunner, resolve_compile, select_device, select_dtype
+from .runner import ModelRunner, resolve_compile, resolve_packing, select_device, select_dtype
 from .scheduler import SchedulerConfig, schedule
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,8 @@ class PoolingEngine:
         ``progress``: an open tqdm bar to advance instead of a bar of this call's own.
         """
         results: list[torch.Tensor | None] = [None] * len(prompts)
-        batches = schedule([len(p) for p in prompts], self.scheduler_config, self.runner.padded_length)
+        padded_length = None if self.runner.packing else self.runner.padded_length
+        batches = schedule([len(p) for p in prompts], self.scheduler_config, padded_length)
         with contextlib.nullcontext(progress) if progress is not None else _progress(len(prompts), use_tqdm) as bar:
             for batch in batches:
                 members = [prompts[i] for i in batch]
@@ -132,6 +133,9 @@ class LLM:
             or ``auto`` (on for bf16 on CPUs with native bf16); default from env
             ``POOLKIT_COMPILE``, else ``off``. Compiled graphs are cached on disk
             by inductor, so later starts pay less compile time.
+        packing: padding-free batches (all sequences in one row, attention
+            kept per sequence): ``auto`` (where the model supports it), ``on``
+            (error where it does not) or ``off``; env ``POOLKIT_PACKING``.
     """
 
     def __init__(
@@ -148,6 +152,7 @@ class LLM:
         max_num_batched_tokens: int | None = None,
         max_num_seqs: int | None = None,
         compile: bool | str | None = None,
+        packing: bool | str | None = None,
     ) -> None:
         model_path = resolve_model_path(model)
         tokenizer = load_tokenizer(model_path, trust_remote_code)
@@ -185,6 +190,7 @@ class LLM:
             max_model_len=self.model_config.max_model_len,
             pad_token_id=pad_id,
             compile_model=resolve_compile(compile, self.device, self.dtype),
+            packing=resolve_packing(packing),
         )
         scheduler_config = SchedulerConfig(
             max_num_batched_tokens=max(
@@ -203,7 +209,7 @@ class LLM:
         return (
             f"LLM(model={mc.served_model_name!r}, task={mc.task!r}, architecture={mc.architecture}, "
             f"pooler={mc.pooler_config!r}, max_model_len={mc.max_model_len}, device={self.device}, dtype={self.dtype}, "
-            f"compiled={self.engine.runner.compiled})"
+            f"packing={self.engine.runner.packing}, compiled={self.engine.runner.compiled})"
         )
 
     @property

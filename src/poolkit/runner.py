@@ -2,22 +2,27 @@
 
 The fast paths are picked from what the machine reports at run time:
 bf16 weights where the CPU multiplies bf16 natively (AVX512-BF16 / AMX) or on
-GPUs; length buckets so the number of distinct shapes stays small; and,
-optionally, ``torch.compile`` per bucket with the batch dimension dynamic.
+GPUs; padding-free ("packed") batches for models that route attention through
+transformers' ``AttentionInterface`` (see :mod:`poolkit.attention`); and,
+optionally, ``torch.compile`` per length bucket with the batch dimension dynamic
+(compiled graphs take padded batches).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import logging
 import os
 import platform
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from . import attention
 from .inputs import TokenizedPrompt
 
 logger = logging.getLogger(__name__)
@@ -110,7 +115,7 @@ def resolve_compile(compile_mode: bool | str | None, device: torch.device, dtype
 _FUSABLE_GELU = {"GELUActivation": "none", "NewGELUActivation": "tanh", "PytorchGELUTanh": "tanh", "GELUTanh": "tanh"}
 
 
-class PackedLinear(nn.Module):
+class PrepackedLinear(nn.Module):
     """``nn.Linear`` with its weight pre-packed for oneDNN, bias (and optionally GELU) fused.
 
     Eager ``F.linear`` on CPU copies the broadcast bias into the output before
@@ -134,8 +139,8 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, fused={self.attr}"
 
 
-def pack_cpu_linears(model: nn.Module) -> int:
-    """Swap every ``nn.Linear`` for a :class:`PackedLinear`, fusing BERT-style ``dense`` + GELU.
+def prepack_cpu_linears(model: nn.Module) -> int:
+    """Swap every ``nn.Linear`` for a :class:`PrepackedLinear`, fusing BERT-style ``dense`` + GELU.
 
     Returns the number of layers packed (0 where oneDNN is unavailable).
     """
@@ -146,21 +151,50 @@ def pack_cpu_linears(model: nn.Module) -> int:
         act = getattr(module, "intermediate_act_fn", None)
         dense = getattr(module, "dense", None)
         if type(dense) is nn.Linear and act is not None and type(act).__name__ in _FUSABLE_GELU:
-            module.dense = PackedLinear(dense, gelu=_FUSABLE_GELU[type(act).__name__])
+            module.dense = PrepackedLinear(dense, gelu=_FUSABLE_GELU[type(act).__name__])
             module.intermediate_act_fn = nn.Identity()
             count += 1
         for name, child in list(module.named_children()):
             if type(child) is nn.Linear:  # exact type: subclasses (LoRA, quantized) keep their forward
-                setattr(module, name, PackedLinear(child))
+                setattr(module, name, PrepackedLinear(child))
                 count += 1
     return count
 
 
+def resolve_packing(packing: bool | str | None) -> bool | None:
+    """``on``/``off``/``auto`` (default, env ``POOLKIT_PACKING``): ``None`` means decide per model."""
+    value = os.environ.get("POOLKIT_PACKING", "auto") if packing is None else packing
+    if isinstance(value, bool):
+        return value
+    value = str(value).lower()
+    if value in ("1", "true", "on", "yes"):
+        return True
+    if value in ("0", "false", "off", "no"):
+        return False
+    if value != "auto":
+        raise ValueError(f"packing must be auto, on or off; got {value!r}")
+    return None
+
+
+def position_offset(model: nn.Module) -> int:
+    """Where position ids start: RoBERTa-style embeddings count from ``padding_idx + 1``, the rest from 0."""
+    embeddings = getattr(model, "embeddings", None)
+    if embeddings is not None and hasattr(type(embeddings), "create_position_ids_from_input_ids"):
+        return int(embeddings.padding_idx) + 1
+    return 0
+
+
 class ModelRunner:
-    """Pads a batch on the right to a length bucket, runs the transformers module.
+    """Runs a batch through the transformers module, packed or padded.
+
+    Packed (padding-free): the batch's tokens are laid end to end in one row and
+    attention keeps sequences apart (:mod:`poolkit.attention`), so no FLOP is
+    spent on padding. Padded: right-padded to a multiple of 8 (or to a length
+    bucket when compiled), with an attention mask.
 
     Returns ``(states, lengths)``: ``states`` is ``(B, L, D)`` hidden states or
-    per-token logits, or ``(B, C)`` logits for models whose own head pooled.
+    per-token logits (right-padded either way), or ``(B, C)`` logits for models
+    whose own head pooled.
     """
 
     def __init__(
@@ -171,6 +205,7 @@ class ModelRunner:
         max_model_len: int,
         pad_token_id: int = 0,
         compile_model: bool = False,
+        packing: bool | None = None,
     ) -> None:
         self.model = model.to(device=device, dtype=dtype)
         self.device = device
@@ -179,26 +214,76 @@ class ModelRunner:
         self.buckets = length_buckets(max_model_len)
         self.accepts_token_types = "token_type_ids" in inspect.signature(model.forward).parameters
         self.compiled = compile_model
-        self.packed_linears = 0
-        if device.type == "cpu" and not compile_model and os.environ.get("POOLKIT_CPU_PACK", "1") != "0":
-            self.packed_linears = pack_cpu_linears(self.model)
+        self.prepacked_linears = 0
+        if device.type == "cpu" and not compile_model and os.environ.get("POOLKIT_CPU_PREPACK", "1") != "0":
+            self.prepacked_linears = prepack_cpu_linears(self.model)
+        self.position_offset = position_offset(self.model)
+        self._pin = device.type == "cuda"
         self._forward = self.model
+        self.packing = False
+        if packing is not False and not compile_model:
+            self.packing = self._enable_packing(required=packing is True)
         if compile_model:
             # Static sequence length per bucket keeps attention kernels specialised;
             # the batch dimension is marked dynamic so row counts don't recompile.
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 4 * len(self.buckets))
             self._forward = torch.compile(self.model, dynamic=False, options={"freezing": device.type == "cpu"})
-        self._pin = device.type == "cuda"
 
     def __repr__(self) -> str:
         return (
             f"ModelRunner(model={type(self.model).__name__}, device={self.device}, dtype={self.dtype}, "
-            f"compiled={self.compiled}, packed_linears={self.packed_linears}, buckets={self.buckets})"
+            f"packing={self.packing}, compiled={self.compiled}, prepacked_linears={self.prepacked_linears})"
         )
 
+    def _enable_packing(self, required: bool) -> bool:
+        """Switch attention to ``poolkit_varlen`` if the model supports it and a probe agrees with padding.
+
+        Packing needs the attention interface, and a bare backbone (heads that
+        pool inside transformers would pool the whole packed row). The probe runs
+        two sequences both ways, so a model whose position ids or attention do
+        not follow the conventions assumed here stays on the padded path.
+        """
+        model = self.model
+        reason = None
+        if not getattr(model, "_supports_attention_backend", False):
+            reason = "its attention does not go through transformers' AttentionInterface"
+        elif getattr(model, "base_model", model) is not model:
+            reason = "its transformers head pools inside the model"
+        else:
+            previous = model.config._attn_implementation
+            model.set_attn_implementation(attention.register())
+            try:
+                reason = self._probe_packing()
+            except Exception as exc:  # noqa: BLE001 - any failure means: stay padded
+                reason = f"the packed probe failed: {exc}"
+            if reason is not None:
+                model.set_attn_implementation(previous)
+        if reason is None:
+            return True
+        if required:
+            raise ValueError(f"packing=on is not possible for {type(model).__name__}: {reason}")
+        logger.info("Padded batches for %s: %s", type(model).__name__, reason)
+        return False
+
+    @torch.inference_mode()
+    def _probe_packing(self) -> str | None:
+        vocab = self.model.get_input_embeddings().num_embeddings
+        generator = torch.Generator().manual_seed(0)
+        prompts = [
+            TokenizedPrompt(torch.randint(0, vocab, (n,), generator=generator).tolist()) for n in (11, 5, 8)
+        ]
+        packed, _ = self._execute_packed(prompts)
+        padded, _ = self._execute_padded(prompts)
+        for row, prompt in enumerate(prompts):
+            n = len(prompt)
+            cos = F.cosine_similarity(packed[row, :n].float(), padded[row, :n].float(), dim=-1).min()
+            if not cos >= 0.99:  # bf16 kernels differ by ~1e-3; a wrong position or mask is far off
+                return f"packed and padded outputs differ (token cosine {float(cos):.4f})"
+        return None
+
     def padded_length(self, length: int) -> int:
-        """Compiled graphs need few shapes (power-of-two buckets); eager kernels only
-        like multiples of 8, and padding less is simply less work."""
+        """Padded batches' width: a multiple of 8 eager (what kernels like), a
+        power-of-two bucket compiled (few shapes)."""
         if not self.compiled:
             return min(-(-length // 8) * 8, max(self.buckets[-1], length))
         for bucket in self.buckets:
@@ -213,6 +298,39 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, batch: Sequence[TokenizedPrompt]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.packing:
+            return self._execute_packed(batch)
+        return self._execute_padded(batch)
+
+    def _execute_packed(self, batch: Sequence[TokenizedPrompt]) -> tuple[torch.Tensor, torch.Tensor]:
+        sizes = [len(p) for p in batch]
+        lengths = torch.tensor(sizes, dtype=torch.long)
+        max_len = max(sizes)
+        positions = torch.cat([torch.arange(n) for n in sizes]) + self.position_offset
+        input_ids = torch.tensor(list(itertools.chain.from_iterable(p.input_ids for p in batch)), dtype=torch.long)
+        cu_seq_lens = self._to_device(torch.cat([torch.zeros(1, dtype=torch.int32), lengths.cumsum(0).int()]))
+        kwargs = {
+            "input_ids": self._to_device(input_ids[None]),
+            "position_ids": self._to_device(positions[None]),
+            "cu_seq_lens_q": cu_seq_lens,
+            "cu_seq_lens_k": cu_seq_lens,
+            "max_length_q": max_len,
+            "max_length_k": max_len,
+            "packed_runs": attention.length_runs(sizes),
+        }
+        if self.accepts_token_types and any(p.token_type_ids is not None for p in batch):
+            token_types = [p.token_type_ids if p.token_type_ids is not None else [0] * len(p) for p in batch]
+            kwargs["token_type_ids"] = self._to_device(
+                torch.tensor(list(itertools.chain.from_iterable(token_types)), dtype=torch.long)[None]
+            )
+        states = self.model(**kwargs).last_hidden_state[0]
+        # Back to right-padded rows: the pooler works on (B, L, D) with lengths.
+        rows = torch.repeat_interleave(torch.arange(len(sizes)), lengths)
+        slots = self._to_device(rows * max_len + (torch.arange(len(input_ids)) - (lengths.cumsum(0) - lengths)[rows]))
+        grid = states.new_zeros(len(sizes) * max_len, states.shape[-1]).index_copy_(0, slots, states)
+        return grid.view(len(sizes), max_len, -1), lengths.to(self.device)
+
+    def _execute_padded(self, batch: Sequence[TokenizedPrompt]) -> tuple[torch.Tensor, torch.Tensor]:
         rows = len(batch)
         lengths = torch.tensor([len(p) for p in batch], dtype=torch.long)
         width = self.padded_length(int(lengths.max()))

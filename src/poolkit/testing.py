@@ -15,6 +15,7 @@ import torch
 
 Kind = Literal[
     "encoder",           # BertModel (embedding; architecture default CLS)
+    "roberta-encoder",   # XLMRobertaModel (position ids offset by padding_idx + 1)
     "decoder",           # LlamaModel (embedding with LAST pooling)
     "classifier",        # BertForSequenceClassification, 3 labels, softmax
     "multilabel",        # BertForSequenceClassification, 4 labels, sigmoid
@@ -118,6 +119,9 @@ def build_tiny_checkpoint(path: str | Path, kind: Kind, *, seed: int = 0, paddin
         vocab = len(tokenizer)
         if kind == "encoder":
             model = tf.BertModel(_bert_config(vocab))
+        elif kind == "roberta-encoder":  # position ids count from padding_idx + 1
+            config = _bert_config(vocab, pad_token_id=tokenizer.pad_token_id)
+            model = tf.XLMRobertaModel(tf.XLMRobertaConfig(**config.to_dict()))
         elif kind == "classifier":
             model = tf.BertForSequenceClassification(
                 _bert_config(vocab, num_labels=3, id2label={0: "negative", 1: "neutral", 2: "positive"},

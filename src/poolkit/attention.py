@@ -1,0 +1,155 @@
+"""Padding-free ("packed" / varlen) attention for transformers models.
+
+A packed batch is one row of ``T`` tokens: every sequence laid end to end,
+``cu_seq_lens`` marking where each starts. The linear layers then do no work
+on padding at all. Only attention needs the sequence boundaries; this module
+registers an attention implementation, ``poolkit_varlen``, with transformers'
+``AttentionInterface`` that honours them:
+
+* CUDA, fp16/bf16: ``torch.nn.attention.varlen.varlen_attn`` (FlashAttention).
+* elsewhere: the scheduler hands sequences sorted by length, so sequences of
+  equal length sit next to each other and each such run is a plain
+  ``(n, H, L, d)`` view of the packed tensor: attention over it needs neither
+  padding nor a mask. On CPU a run is attended a few sequences at a time (two
+  matmuls and a softmax, sized so the scores stay in cache), which beats the
+  fused flash kernel 1.4–2x at head_dim 32 (``benchmarks/bench_attention.py``);
+  on GPUs without varlen kernels, ``scaled_dot_product_attention`` per run.
+
+Unpacked calls (a normal padded batch with a mask) go to transformers' SDPA
+path unchanged, so a model set to ``poolkit_varlen`` behaves like ``sdpa``
+until it is handed ``cu_seq_lens_q``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+ATTN_IMPLEMENTATION = "poolkit_varlen"
+# Attention scores materialised per CPU chunk (elements): ~4 MiB in bf16, cache-sized.
+SCORES_PER_CHUNK = 1 << 21
+
+Run = tuple[int, int, int]  # (first token, number of sequences, their length)
+
+
+def length_runs(lengths: Sequence[int]) -> list[Run]:
+    """Consecutive sequences of equal length, as ``(first token, count, length)``."""
+    runs, start = [], 0
+    for length, group in itertools.groupby(lengths):
+        count = len(list(group))
+        runs.append((start, count, length))
+        start += count * length
+    return runs
+
+
+def _attend_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float, causal: bool) -> torch.Tensor:
+    scores = torch.matmul(q * scaling, k.transpose(-1, -2))
+    if causal:
+        length = q.shape[-2]
+        scores.masked_fill_(torch.ones(length, length, dtype=torch.bool, device=q.device).triu_(1), float("-inf"))
+    return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+
+def run_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, runs: Sequence[Run], scaling: float, causal: bool
+) -> torch.Tensor:
+    """Attention over packed ``(H, T, d)`` tensors, one run of equal-length sequences at a time.
+
+    Returns ``(T, H, d)``, the layout transformers' attention functions return.
+    """
+    heads, tokens, dim = query.shape
+    groups = heads // key.shape[0]
+    out = query.new_empty(tokens, heads, dim)
+    on_cpu = query.device.type == "cpu"
+    for start, count, length in runs:
+        step = max(1, SCORES_PER_CHUNK // (heads * length * length)) if on_cpu else count
+        for first in range(0, count, step):
+            n = min(step, count - first)
+            span = slice(start + first * length, start + (first + n) * length)
+            q, k, v = (t[:, span].unflatten(1, (n, length)).transpose(0, 1) for t in (query, key, value))
+            if groups > 1:
+                k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+            if on_cpu:
+                o = _attend_cpu(q, k, v, scaling, causal)
+            else:
+                o = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scaling)
+            out[span] = o.transpose(1, 2).reshape(n * length, heads, dim)
+    return out
+
+
+def use_flash_varlen(device: torch.device, dtype: torch.dtype) -> bool:
+    """FlashAttention varlen runs on CUDA in half precision, where torch ships it."""
+    if device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16):
+        return False
+    try:
+        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _flash_varlen(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seq_lens: torch.Tensor, max_len: int,
+    scaling: float, causal: bool,
+) -> torch.Tensor:
+    from torch.nn.attention.varlen import varlen_attn
+
+    # (H, T, d) → (T, H, d), the layout the kernel takes and returns.
+    q, k, v = (t.transpose(0, 1) for t in (query, key, value))
+    cu = cu_seq_lens.to(torch.int32)
+    return varlen_attn(
+        q, k, v, cu, cu, max_len, max_len, scale=scaling,
+        window_size=(-1, 0) if causal else (-1, -1), enable_gqa=k.shape[1] != q.shape[1],
+    )
+
+
+def varlen_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention function: packed when given ``cu_seq_lens_q``, else plain SDPA."""
+    cu_seq_lens = kwargs.get("cu_seq_lens_q")
+    if cu_seq_lens is None:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+        )
+    for unsupported in ("sliding_window", "softcap", "position_bias"):
+        if kwargs.get(unsupported) is not None:
+            raise NotImplementedError(f"packed attention does not support {unsupported}")
+    causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", False))
+    scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+    q, k, v = query[0], key[0], value[0]  # transformers hands (1, H, T, d)
+    if use_flash_varlen(q.device, q.dtype):
+        out = _flash_varlen(q, k, v, cu_seq_lens, int(kwargs["max_length_q"]), scaling, causal)
+    else:
+        # The runner computes the runs once per batch; every layer reuses them.
+        runs = kwargs.get("packed_runs") or length_runs(cu_seq_lens.diff().tolist())
+        out = run_attention(q, k, v, runs, scaling, causal)
+    return out.unsqueeze(0), None
+
+
+def _varlen_mask(*args, attention_mask: torch.Tensor | None = None, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    """Packed calls carry no mask (boundaries travel as cu_seq_lens); padded calls get SDPA's."""
+    if attention_mask is None:
+        return None
+    return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
+
+
+def register() -> str:
+    """Make ``poolkit_varlen`` a valid ``attn_implementation``; returns its name."""
+    AttentionInterface.register(ATTN_IMPLEMENTATION, varlen_attention_forward)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTN_IMPLEMENTATION, _varlen_mask)
+    return ATTN_IMPLEMENTATION

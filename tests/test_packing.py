@@ -1,0 +1,103 @@
+"""Padding-free (packed) batches: the attention kernel, the runner's choice, and results vs padded.
+
+fp32 throughout: packed and padded runs of the same model agree to 1e-5, and
+the attention kernel matches SDPA on each sequence alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import poolkit.attention as attention
+import poolkit.runner as runner_module
+from poolkit import LLM
+from poolkit.attention import length_runs, run_attention
+from poolkit.testing import SAMPLE_TEXTS
+
+TEXTS = SAMPLE_TEXTS + ["short", "x", "a somewhat longer sentence about vector search and rerankers in retrieval"]
+
+
+def test_length_runs_group_consecutive_equal_lengths() -> None:
+    assert length_runs([5, 5, 3, 5]) == [(0, 2, 5), (10, 1, 3), (13, 1, 5)]
+    assert length_runs([]) == []
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("kv_heads", [4, 2])
+@pytest.mark.parametrize("chunk", [attention.SCORES_PER_CHUNK, 40])
+def test_run_attention_matches_sdpa_per_sequence(causal: bool, kv_heads: int, chunk: int, monkeypatch) -> None:
+    monkeypatch.setattr(attention, "SCORES_PER_CHUNK", chunk)  # 40: one sequence per chunk
+    torch.manual_seed(0)
+    lengths = [7, 7, 7, 3, 9, 1, 3, 3]  # runs, singletons, and a length seen again later
+    heads, dim, total = 4, 8, sum(lengths)
+    q = torch.randn(heads, total, dim)
+    k, v = torch.randn(kv_heads, total, dim), torch.randn(kv_heads, total, dim)
+    got = run_attention(q, k, v, length_runs(lengths), dim**-0.5, causal)
+    start = 0
+    for n in lengths:
+        span = slice(start, start + n)
+        ref = F.scaled_dot_product_attention(
+            q[None, :, span], k[None, :, span], v[None, :, span], is_causal=causal, enable_gqa=kv_heads != heads
+        )[0]
+        torch.testing.assert_close(got[span], ref.transpose(0, 1), rtol=1e-5, atol=1e-5)
+        start += n
+
+
+@pytest.mark.parametrize("kind", ["encoder", "roberta-encoder", "decoder", "decoder-classifier"])
+def test_packed_matches_padded(tiny, kind: str) -> None:
+    path = str(tiny(kind))
+    packed = LLM(path, dtype="float32", packing="on", max_num_batched_tokens=128)
+    padded = LLM(path, dtype="float32", packing="off", max_num_batched_tokens=128)
+    assert packed.engine.runner.packing and not padded.engine.runner.packing
+    got = [o.outputs.data for o in packed.encode(TEXTS, use_tqdm=False)]
+    ref = [o.outputs.data for o in padded.encode(TEXTS, use_tqdm=False)]
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+
+
+def test_packed_encoder_matches_transformers_per_sequence(tiny) -> None:
+    import transformers as tf
+
+    path = str(tiny("roberta-encoder"))
+    llm = LLM(path, task="encode", dtype="float32")
+    assert llm.engine.runner.packing
+    model = tf.AutoModel.from_pretrained(path).eval()
+    tokenizer = tf.AutoTokenizer.from_pretrained(path)
+    for text, out in zip(TEXTS, llm.encode(TEXTS, use_tqdm=False)):
+        with torch.no_grad():
+            ref = model(**tokenizer(text, return_tensors="pt")).last_hidden_state[0]
+        torch.testing.assert_close(out.outputs.data, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_models_whose_head_pools_stay_padded(tiny) -> None:
+    path = str(tiny("cross-encoder"))
+    assert not LLM(path, dtype="float32").engine.runner.packing
+    with pytest.raises(ValueError, match="packing=on is not possible for BertForSequenceClassification"):
+        LLM(path, dtype="float32", packing="on")
+
+
+def test_probe_keeps_a_model_padded_when_packed_results_differ(tiny, monkeypatch) -> None:
+    monkeypatch.setattr(runner_module, "position_offset", lambda model: 7)  # a wrong position convention
+    llm = LLM(str(tiny("encoder")), dtype="float32")
+    assert not llm.engine.runner.packing
+    # ... and the padded path it fell back to is still right.
+    reference = LLM(str(tiny("encoder")), dtype="float32", packing="off")
+    np.testing.assert_allclose(
+        [o.outputs.embedding for o in llm.embed(TEXTS, use_tqdm=False)],
+        [o.outputs.embedding for o in reference.embed(TEXTS, use_tqdm=False)],
+        atol=1e-6,
+    )
+
+
+def test_packing_option_and_env(monkeypatch) -> None:
+    assert runner_module.resolve_packing("off") is False
+    assert runner_module.resolve_packing(True) is True
+    monkeypatch.setenv("POOLKIT_PACKING", "on")
+    assert runner_module.resolve_packing(None) is True
+    monkeypatch.delenv("POOLKIT_PACKING")
+    assert runner_module.resolve_packing(None) is None
+    with pytest.raises(ValueError, match="packing must be auto, on or off"):
+        runner_module.resolve_packing("sometimes")
