@@ -1,8 +1,10 @@
 """Offline embedding throughput: poolkit vs sentence-transformers, same model, same texts, one run.
 
-    python benchmarks/bench_throughput.py                    # default model, 3000 corpus texts
-    python benchmarks/bench_throughput.py --compile off      # eager poolkit
+    python benchmarks/bench_throughput.py                    # default model, 3000 corpus texts, LLM defaults
+    python benchmarks/bench_throughput.py --compile on       # torch.compile (padded length buckets)
+    python benchmarks/bench_throughput.py --packing off      # padded batches instead of packed
     python benchmarks/bench_throughput.py --random-model bert-base --device cuda --max-len 512 --fixed-len 512
+    python benchmarks/bench_throughput.py --random-model bert-base --device cuda --lengths 8:512  # mixed, no corpus needed
 
 Prints texts/s, tokens/s, the ratio to sentence-transformers (fp32,
 ``encode(batch_size=32)``), min/mean cosine against it, poolkit's cold start
@@ -57,7 +59,8 @@ def build_random_model(shape: str, max_len: int) -> str:
     except ImportError:  # e.g. on a GPU box without the model package: a locally trained tokenizer
         from poolkit.testing import build_wordpiece_tokenizer
 
-        tokenizer = build_wordpiece_tokenizer(path, texts=load_texts(2000), vocab_size=8000)
+        sample = load_texts(2000) if CORPUS.exists() else ["hello world"] * 10
+        tokenizer = build_wordpiece_tokenizer(path, texts=sample, vocab_size=8000)
     tokenizer.model_max_length = max(512, max_len)
     tokenizer.save_pretrained(path)
     torch.manual_seed(0)
@@ -82,10 +85,13 @@ def main() -> None:
     parser.add_argument("--random-model", choices=sorted(SHAPES), help="benchmark a randomly initialised model of this shape")
     parser.add_argument("--texts", type=int, default=3000)
     parser.add_argument("--fixed-len", type=int, default=0, help="use synthetic inputs of exactly this many tokens")
+    parser.add_argument("--lengths", default=None, metavar="LO:HI",
+                        help="synthetic inputs of uniformly random lengths (words) in [LO, HI] instead of the corpus")
     parser.add_argument("--max-len", type=int, default=None, help="max_model_len for poolkit (and ST truncation)")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--compile", default="auto")
+    parser.add_argument("--compile", default=None, help="on, off or auto (default: what LLM does, env POOLKIT_COMPILE)")
+    parser.add_argument("--packing", default=None, help="padding-free batches: auto, on or off (default: env POOLKIT_PACKING, else auto)")
     parser.add_argument("--budget", type=int, default=None, help="max_num_batched_tokens")
     parser.add_argument("--peer", choices=["st", "none"], default="st")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device bf16 peak, for the FLOP/s fraction")
@@ -96,18 +102,24 @@ def main() -> None:
     from poolkit import LLM, default_model_path
 
     model = build_random_model(args.random_model, args.max_len or 512) if args.random_model else args.model
-    texts = load_texts(args.texts)
     if args.fixed_len:
         texts = [" ".join(["hello"] * (args.fixed_len - 2))] * args.texts
+    elif args.lengths:
+        lo, hi = map(int, args.lengths.split(":"))
+        rng = np.random.default_rng(0)
+        texts = [" ".join(["hello"] * int(n)) for n in rng.integers(lo, hi + 1, args.texts)]
+    else:
+        texts = load_texts(args.texts)
 
     t0 = time.perf_counter()
     llm = LLM(model, dtype=args.dtype, device=args.device, compile=args.compile, max_model_len=args.max_len,
-              max_num_batched_tokens=args.budget)
+              max_num_batched_tokens=args.budget, packing=args.packing)
     load_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     llm.embed(texts[: min(len(texts), 512)], truncate_prompt_tokens=-1, use_tqdm=False)  # warm-up: compiles buckets
     warm_s = time.perf_counter() - t1
-    tokens = sum(len(o.prompt_token_ids) for o in llm.embed(texts, truncate_prompt_tokens=-1, use_tqdm=False))
+    lengths = np.array([len(o.prompt_token_ids) for o in llm.embed(texts, truncate_prompt_tokens=-1, use_tqdm=False)])
+    tokens = int(lengths.sum())
     best = float("inf")
     for _ in range(args.repeat):
         t = time.perf_counter()
@@ -120,12 +132,14 @@ def main() -> None:
     print(f"poolkit   cold start: load {load_s:.1f} s + first batches/compile {warm_s:.1f} s")
     print(f"poolkit   {len(texts) / best:9.1f} texts/s {tokens / best:10.0f} tokens/s  ({len(texts)} texts, {tokens} tokens)")
     cfg = llm.model_config.hf_config
-    fpt = flops_per_token(cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size, tokens / len(texts))
+    # Attention costs ∝ L² per sequence: the token-weighted mean length is the right average.
+    fpt = flops_per_token(cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size, (lengths**2).sum() / tokens)
     achieved = fpt * tokens / best
     line = f"poolkit   model FLOP/s {achieved / 1e12:.2f} TFLOP/s ({fpt / 1e6:.1f} MFLOP/token)"
     if args.peak_tflops:
         line += f" = {100 * achieved / (args.peak_tflops * 1e12):.1f}% of {args.peak_tflops} TFLOP/s peak"
     print(line)
+    print(f"poolkit   peak RSS {peak_rss_mib():.0f} MiB (process, before the peer runs)")
 
     if args.peer == "st":
         from sentence_transformers import SentenceTransformer
@@ -142,7 +156,7 @@ def main() -> None:
         cos = (ours * ref).sum(1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(ref, axis=1))
         print(f"st        {len(texts) / best_st:9.1f} texts/s {tokens / best_st:10.0f} tokens/s  (fp32, batch_size=32)")
         print(f"ratio     {best_st / best:.2f}x sentence-transformers; cosine vs ST min {cos.min():.5f} mean {cos.mean():.5f}")
-    print(f"peak RSS  {peak_rss_mib():.0f} MiB")
+    print(f"peak RSS  {peak_rss_mib():.0f} MiB (process, end of run)")
     sys.stdout.flush()
 
 

@@ -101,3 +101,31 @@ def test_packing_option_and_env(monkeypatch) -> None:
     assert runner_module.resolve_packing(None) is None
     with pytest.raises(ValueError, match="packing must be auto, on or off"):
         runner_module.resolve_packing("sometimes")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FlashAttention varlen runs on CUDA only (benchmarks/gpu_check.sh)")
+@pytest.mark.parametrize("causal", [False, True])
+def test_flash_varlen_matches_run_attention_on_gpu(causal: bool) -> None:
+    if not attention.use_flash_varlen(torch.device("cuda"), torch.bfloat16):
+        pytest.fail("this torch has no torch.nn.attention.varlen: the GPU path would fall back to per-run SDPA")
+    torch.manual_seed(0)
+    lengths = [33, 33, 7, 100, 1, 64]
+    heads, kv_heads, dim, total = 8, 4, 64, sum(lengths)
+    q = torch.randn(total, heads, dim, device="cuda").transpose(0, 1)
+    k, v = (torch.randn(total, kv_heads, dim, device="cuda").transpose(0, 1) for _ in range(2))
+    cu = torch.tensor([0, *np.cumsum(lengths)], dtype=torch.int32, device="cuda")
+    got = attention._flash_varlen(q.bfloat16(), k.bfloat16(), v.bfloat16(), cu, max(lengths), dim**-0.5, causal)
+    ref = run_attention(q, k, v, length_runs(lengths), dim**-0.5, causal)  # fp32, SDPA per run
+    torch.testing.assert_close(got.float(), ref, rtol=0, atol=3e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 packed vs padded on a GPU (benchmarks/gpu_check.sh)")
+@pytest.mark.parametrize("kind", ["encoder", "decoder"])
+def test_gpu_bf16_packed_matches_padded(tiny, kind: str) -> None:
+    path = str(tiny(kind))
+    packed = LLM(path, dtype="bfloat16", device="cuda", packing="on")
+    padded = LLM(path, dtype="bfloat16", device="cuda", packing="off")
+    got = np.array([o.outputs.embedding for o in packed.embed(TEXTS, use_tqdm=False)])
+    ref = np.array([o.outputs.embedding for o in padded.embed(TEXTS, use_tqdm=False)])
+    cos = (got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))
+    assert cos.min() >= 0.999  # bf16 tolerance, as for the CPU default
