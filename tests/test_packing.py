@@ -129,3 +129,11 @@ def test_gpu_bf16_packed_matches_padded(tiny, kind: str) -> None:
     ref = np.array([o.outputs.embedding for o in padded.embed(TEXTS, use_tqdm=False)])
     cos = (got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))
     assert cos.min() >= 0.999  # bf16 tolerance, as for the CPU default
+
+
+def test_packed_rows_take_few_lengths_on_cpu(tiny) -> None:
+    runner = LLM(str(tiny("encoder")), dtype="float32").engine.runner
+    rounded = {t: runner.packed_row_length(t) for t in range(1, 8193)}
+    assert len(set(rounded.values())) <= 120  # oneDNN keeps memory per distinct matmul shape
+    assert all(t <= r <= max(16, t * 1.125) for t, r in rounded.items())
+    assert all(r - t < 128 for t, r in rounded.items() if t > 1024)

@@ -152,7 +152,7 @@ def test_cli_flags_follow_vllm(monkeypatch) -> None:
         "model": "/models/x", "task": "score", "override_pooler_config": {"pooling_type": "MEAN"},
         "hf_overrides": {"is_matryoshka": True}, "trust_remote_code": True, "dtype": "bfloat16", "device": "cpu",
         "max_model_len": 128, "served_model_name": "a", "max_num_batched_tokens": None, "max_num_seqs": None,
-        "compile": None,
+        "compile": None, "packing": None,
     }
     assert args.served_model_name == ["a", "b"]
     assert engine_kwargs(make_parser().parse_args(["serve", "default"]))["model"] is None

@@ -11,9 +11,9 @@ registers an attention implementation, ``poolkit_varlen``, with transformers'
   equal length sit next to each other and each such run is a plain
   ``(n, H, L, d)`` view of the packed tensor: attention over it needs no
   padding between sequences. On CPU a run is attended a few sequences at a
-  time (two matmuls and a softmax, sized so the scores stay in cache, keys
-  padded to a multiple of 32 where the softmax kernel is fastest), which beats
-  SDPA's fused kernel on a padded batch (``benchmarks/bench_attention.py``);
+  time, in fp32 (two BLAS matmuls and a softmax, sized so the scores stay in
+  cache), about as fast as SDPA's fused kernel on the padded batch
+  (``benchmarks/bench_attention.py``) without its padding;
   on GPUs without varlen kernels, ``scaled_dot_product_attention`` per run.
 
 Unpacked calls (a normal padded batch with a mask) go to transformers' SDPA
@@ -34,10 +34,8 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 ATTN_IMPLEMENTATION = "poolkit_varlen"
-# Attention scores materialised per CPU chunk (elements): ~4 MiB in bf16, cache-sized.
+# Attention scores materialised per CPU chunk (elements): 8 MiB in fp32, cache-sized.
 SCORES_PER_CHUNK = 1 << 21
-# CPU attention pads the key axis to a multiple of this (bf16 softmax vector width).
-KEY_ALIGN = 32
 
 Run = tuple[int, int, int]  # (first token, number of sequences, their length)
 
@@ -53,15 +51,14 @@ def length_runs(lengths: Sequence[int]) -> list[Run]:
 
 
 def _attend_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float, causal: bool) -> torch.Tensor:
-    length = q.shape[-2]
-    keys = -(-length // KEY_ALIGN) * KEY_ALIGN
-    if keys != length:  # masked key slots: the CPU softmax kernel is ~4x faster on rows of 32k
-        k, v = F.pad(k, (0, 0, 0, keys - length)), F.pad(v, (0, 0, 0, keys - length))
-    scores = torch.matmul(q * scaling, k.transpose(-1, -2))
-    scores[..., length:] = float("-inf")
+    # fp32: the one copy these strided views need anyway also converts them, and fp32
+    # matmuls go to BLAS — bf16 ones go to oneDNN, which keeps ~1-3 MB for every
+    # distinct shape it has seen, and attention shapes vary with every batch.
+    q, k, v = (torch.empty(t.shape, dtype=torch.float32, device=t.device).copy_(t) for t in (q, k, v))
+    scores = torch.matmul(q.mul_(scaling), k.transpose(-1, -2))
     if causal:
-        future = torch.ones(length, length, dtype=torch.bool, device=q.device).triu_(1)
-        scores[..., :length].masked_fill_(future, float("-inf"))
+        length = q.shape[-2]
+        scores.masked_fill_(torch.ones(length, length, dtype=torch.bool, device=q.device).triu_(1), float("-inf"))
     return torch.matmul(torch.softmax(scores, dim=-1), v)
 
 
@@ -77,7 +74,7 @@ def run_attention(
     out = query.new_empty(tokens, heads, dim)
     on_cpu = query.device.type == "cpu"
     for start, count, length in runs:
-        step = max(1, SCORES_PER_CHUNK // (heads * length * (length + KEY_ALIGN))) if on_cpu else count
+        step = max(1, SCORES_PER_CHUNK // (heads * length * length)) if on_cpu else count
         for first in range(0, count, step):
             n = min(step, count - first)
             span = slice(start + first * length, start + (first + n) * length)

@@ -126,7 +126,7 @@ class LLM:
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` …
         max_model_len: lower the length limit (tokens).
         served_model_name: the name used in messages and by the server.
-        max_num_batched_tokens: padded tokens per forward pass
+        max_num_batched_tokens: tokens per forward pass (padded tokens for padded batches)
             (env ``POOLKIT_MAX_BATCHED_TOKENS``).
         max_num_seqs: rows per forward pass (env ``POOLKIT_MAX_NUM_SEQS``).
         compile: ``torch.compile`` the model per length bucket: ``on``, ``off``

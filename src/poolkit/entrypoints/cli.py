@@ -83,10 +83,12 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-model-len", type=int, default=_env("max_model_len", None, int),
                        help="Lower the model's length limit (tokens)")
     group.add_argument("--max-num-batched-tokens", type=int, default=None,
-                       help="Padded tokens per forward pass (env POOLKIT_MAX_BATCHED_TOKENS)")
+                       help="Tokens per forward pass (env POOLKIT_MAX_BATCHED_TOKENS)")
     group.add_argument("--max-num-seqs", type=int, default=None, help="Rows per forward pass (env POOLKIT_MAX_NUM_SEQS)")
     group.add_argument("--compile", choices=["auto", "on", "off"], default=None,
                        help="torch.compile the model per length bucket (env POOLKIT_COMPILE; default off)")
+    group.add_argument("--packing", choices=["auto", "on", "off"], default=None,
+                       help="Padding-free batches where the model supports them (env POOLKIT_PACKING; default auto)")
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -110,6 +112,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "max_num_batched_tokens": args.max_num_batched_tokens,
         "max_num_seqs": args.max_num_seqs,
         "compile": getattr(args, "compile", None),
+        "packing": getattr(args, "packing", None),
     }
 
 
