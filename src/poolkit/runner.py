@@ -22,8 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import attention
 from .inputs import TokenizedPrompt
+
+try:
+    from . import attention
+except ImportError:  # transformers without the attention/mask interfaces packing plugs into
+    attention = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
 
@@ -240,19 +244,21 @@ class ModelRunner:
 
         Packing needs the attention interface, and a bare backbone (heads that
         pool inside transformers would pool the whole packed row). The probe runs
-        two sequences both ways, so a model whose position ids or attention do
+        three short random sequences both ways, so a model whose position ids or attention do
         not follow the conventions assumed here stays on the padded path.
         """
         model = self.model
         reason = None
-        if not getattr(model, "_supports_attention_backend", False):
+        if attention is None:
+            reason = "this transformers version has no AttentionInterface/mask registry to plug into"
+        elif not getattr(model, "_supports_attention_backend", False):
             reason = "its attention does not go through transformers' AttentionInterface"
         elif getattr(model, "base_model", model) is not model:
             reason = "its transformers head pools inside the model"
         else:
             previous = model.config._attn_implementation
-            model.set_attn_implementation(attention.register())
             try:
+                model.set_attn_implementation(attention.register())
                 reason = self._probe_packing()
             except Exception as exc:  # noqa: BLE001 - any failure means: stay padded
                 reason = f"the packed probe failed: {exc}"
