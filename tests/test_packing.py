@@ -46,7 +46,9 @@ def test_run_attention_matches_sdpa_per_sequence(causal: bool, kv_heads: int, ch
         start += n
 
 
-@pytest.mark.parametrize("kind", ["encoder", "roberta-encoder", "decoder", "decoder-classifier"])
+@pytest.mark.parametrize(
+    "kind", ["encoder", "roberta-encoder", "decoder", "decoder-classifier", "classifier", "roberta-cross-encoder"]
+)
 def test_packed_matches_padded(tiny, kind: str) -> None:
     path = str(tiny(kind))
     packed = LLM(path, dtype="float32", packing="on", max_num_batched_tokens=128)
@@ -72,10 +74,20 @@ def test_packed_encoder_matches_transformers_per_sequence(tiny) -> None:
         torch.testing.assert_close(out.outputs.data, ref, rtol=1e-4, atol=1e-5)
 
 
-def test_models_whose_head_pools_stay_padded(tiny) -> None:
+def test_cross_encoder_pairs_packed_match_padded(tiny) -> None:
     path = str(tiny("cross-encoder"))
+    packed, padded = LLM(path, dtype="float32"), LLM(path, dtype="float32", packing="off")
+    assert packed.engine.runner.packing  # backbone packed, BERT pooler + classifier on the unpacked rows
+    query, docs = "what is the capital of France?", SAMPLE_TEXTS
+    got = [o.outputs.score for o in packed.score(query, docs, use_tqdm=False)]
+    ref = [o.outputs.score for o in padded.score(query, docs, use_tqdm=False)]
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_models_whose_head_cannot_run_on_rows_stay_padded(tiny) -> None:
+    path = str(tiny("reward"))  # LlamaForTokenClassification: its head is not a sequence head
     assert not LLM(path, dtype="float32").engine.runner.packing
-    with pytest.raises(ValueError, match="packing=on is not possible for BertForSequenceClassification"):
+    with pytest.raises(ValueError, match="packing=on is not possible for LlamaForTokenClassification"):
         LLM(path, dtype="float32", packing="on")
 
 

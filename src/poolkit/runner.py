@@ -16,7 +16,7 @@ import itertools
 import logging
 import os
 import platform
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -182,10 +182,29 @@ def resolve_packing(packing: bool | str | None) -> bool | None:
 
 def position_offset(model: nn.Module) -> int:
     """Where position ids start: RoBERTa-style embeddings count from ``padding_idx + 1``, the rest from 0."""
-    embeddings = getattr(model, "embeddings", None)
+    embeddings = getattr(getattr(model, "base_model", model), "embeddings", None)
     if embeddings is not None and hasattr(type(embeddings), "create_position_ids_from_input_ids"):
         return int(embeddings.padding_idx) + 1
     return 0
+
+
+def sequence_head(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """A ``*ForSequenceClassification`` encoder's head as a function of padded hidden states.
+
+    BERT-style models pool the first token inside the backbone (``pooler``:
+    dense + tanh) and classify that; RoBERTa-style heads take the first row of
+    the hidden states themselves. Dropout is the identity at inference. The
+    packing probe checks the result against the whole model, so a head that
+    follows neither pattern stays padded.
+    """
+    backbone = getattr(model, "base_model", model)
+    classifier = getattr(model, "classifier", None)
+    if backbone is model or not isinstance(classifier, nn.Module):
+        return None
+    pooler = getattr(backbone, "pooler", None)
+    if isinstance(pooler, nn.Module):
+        return lambda states: classifier(pooler(states))
+    return classifier
 
 
 class ModelRunner:
@@ -225,6 +244,8 @@ class ModelRunner:
         self._pin = device.type == "cuda"
         self._forward = self.model
         self.packing = False
+        self._packed_model: nn.Module = self.model
+        self._packed_head: Callable[[torch.Tensor], torch.Tensor] | None = None
         if packing is not False and not compile_model:
             self.packing = self._enable_packing(required=packing is True)
         if compile_model:
@@ -242,10 +263,12 @@ class ModelRunner:
     def _enable_packing(self, required: bool) -> bool:
         """Switch attention to ``poolkit_varlen`` if the model supports it and a probe agrees with padding.
 
-        Packing needs the attention interface, and a bare backbone (heads that
-        pool inside transformers would pool the whole packed row). The probe runs
-        three short random sequences both ways, so a model whose position ids or attention do
-        not follow the conventions assumed here stays on the padded path.
+        Packing needs the attention interface, and a bare backbone or a
+        sequence-classification head that can run on the unpacked rows
+        (:func:`sequence_head`; other heads would pool the whole packed row).
+        The probe runs three short random sequences both ways, so a model whose
+        position ids, attention or head do not follow the conventions assumed
+        here stays on the padded path.
         """
         model = self.model
         reason = None
@@ -253,9 +276,11 @@ class ModelRunner:
             reason = "this transformers version has no AttentionInterface/mask registry to plug into"
         elif not getattr(model, "_supports_attention_backend", False):
             reason = "its attention does not go through transformers' AttentionInterface"
-        elif getattr(model, "base_model", model) is not model:
+        elif getattr(model, "base_model", model) is not model and sequence_head(model) is None:
             reason = "its transformers head pools inside the model"
         else:
+            if getattr(model, "base_model", model) is not model:  # run the backbone packed, the head on rows
+                self._packed_model, self._packed_head = model.base_model, sequence_head(model)
             previous = model.config._attn_implementation
             try:
                 model.set_attn_implementation(attention.register())
@@ -264,6 +289,7 @@ class ModelRunner:
                 reason = f"the packed probe failed: {exc}"
             if reason is not None:
                 model.set_attn_implementation(previous)
+                self._packed_model, self._packed_head = model, None
         if reason is None:
             return True
         if required:
@@ -275,11 +301,16 @@ class ModelRunner:
     def _probe_packing(self) -> str | None:
         vocab = self.model.get_input_embeddings().num_embeddings
         generator = torch.Generator().manual_seed(0)
-        prompts = [
-            TokenizedPrompt(torch.randint(0, vocab, (n,), generator=generator).tolist()) for n in (11, 5, 8)
-        ]
+        # Ordinary tokens only: models like RoBERTa derive padded positions from where the pad id is.
+        ids = [i for i in torch.randint(0, vocab, (40,), generator=generator).tolist() if i != self.pad_token_id]
+        prompts = [TokenizedPrompt(ids[:11]), TokenizedPrompt(ids[11:16]), TokenizedPrompt(ids[16:24])]
         packed, _ = self._execute_packed(prompts)
         padded, _ = self._execute_padded(prompts)
+        if self._packed_head is not None:  # (B, C) logits: bf16 kernels differ by ~1e-2 relative
+            diff = float((packed.float() - padded.float()).abs().max())
+            if not diff <= 0.02 * (1 + float(padded.abs().max())):
+                return f"packed and padded logits differ (by {diff:.4f})"
+            return None
         for row, prompt in enumerate(prompts):
             n = len(prompt)
             cos = F.cosine_similarity(packed[row, :n].float(), padded[row, :n].float(), dim=-1).min()
@@ -346,13 +377,16 @@ class ModelRunner:
             kwargs["token_type_ids"] = self._to_device(
                 torch.tensor(list(itertools.chain.from_iterable(token_types)) + [0] * filler, dtype=torch.long)[None]
             )
-        states = self.model(**kwargs).last_hidden_state[0]
+        states = self._packed_model(**kwargs).last_hidden_state[0]
         # Back to right-padded rows: the pooler works on (B, L, D) with lengths.
         width = max(sizes)
         rows = torch.repeat_interleave(torch.arange(len(sizes)), lengths)
         slots = self._to_device(rows * width + (torch.arange(total) - (lengths.cumsum(0) - lengths)[rows]))
         grid = states.new_zeros(len(sizes) * width, states.shape[-1]).index_copy_(0, slots, states[:total])
-        return grid.view(len(sizes), width, -1), lengths.to(self.device)
+        grid = grid.view(len(sizes), width, -1)
+        if self._packed_head is not None:
+            return self._packed_head(grid), lengths.to(self.device)
+        return grid, lengths.to(self.device)
 
     def _execute_padded(self, batch: Sequence[TokenizedPrompt]) -> tuple[torch.Tensor, torch.Tensor]:
         rows = len(batch)

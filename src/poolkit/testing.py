@@ -21,6 +21,7 @@ Kind = Literal[
     "multilabel",        # BertForSequenceClassification, 4 labels, sigmoid
     "regression",        # BertForSequenceClassification, 1 label, problem_type=regression
     "cross-encoder",     # BertForSequenceClassification, 1 label (score)
+    "roberta-cross-encoder",  # XLMRobertaForSequenceClassification, 1 label (head reads the first row)
     "decoder-classifier",  # LlamaForSequenceClassification, 3 labels
     "reward",            # LlamaForTokenClassification, 2 labels (per-token rewards)
 ]
@@ -133,6 +134,9 @@ def build_tiny_checkpoint(path: str | Path, kind: Kind, *, seed: int = 0, paddin
             model = tf.BertForSequenceClassification(_bert_config(vocab, num_labels=1, problem_type="regression"))
         elif kind == "cross-encoder":
             model = tf.BertForSequenceClassification(_bert_config(vocab, num_labels=1))
+        elif kind == "roberta-cross-encoder":
+            config = _bert_config(vocab, pad_token_id=tokenizer.pad_token_id, num_labels=1)
+            model = tf.XLMRobertaForSequenceClassification(tf.XLMRobertaConfig(**config.to_dict()))
         else:
             raise ValueError(f"Unknown checkpoint kind {kind!r}")
     # Random init leaves tiny weights; scale the head up so activations are not all ~0.5.
