@@ -173,12 +173,7 @@ class AsyncPoolingEngine:
     # -- building blocks ------------------------------------------------------
 
     def require(self, method: str) -> None:
-        if method not in self.model_config.supported_methods:
-            supported = ", ".join(sorted(self.model_config.supported_methods))
-            raise ValueError(
-                f"Model {self.model_config.served_model_name!r} (task={self.model_config.task!r}) does not "
-                f"support {method}; it supports: {supported}"
-            )
+        self.model_config.require(method)
 
     def head_options(self, method: str, params: PoolingParams) -> HeadOptions:
         """Validate ``params`` for ``method`` (raises ``ValueError`` with the engine's message)."""

@@ -157,6 +157,14 @@ class ModelConfig:
             methods.add("reward")
         return frozenset(methods)
 
+    def require(self, method: str, caller: str | None = None) -> None:
+        """Raise ``ValueError`` naming what the model supports when ``method`` is outside its task."""
+        if method not in self.supported_methods:
+            raise ValueError(
+                f"{caller or method} is not supported by model {self.served_model_name!r} (task={self.task!r}); "
+                f"it supports: {', '.join(sorted(self.supported_methods))}"
+            )
+
 
 
 

@@ -317,12 +317,7 @@ class LLM:
         return str(next(self._request_counter))
 
     def _require(self, method: str) -> None:
-        if method not in self.model_config.supported_methods:
-            supported = ", ".join(sorted(self.model_config.supported_methods))
-            raise ValueError(
-                f"LLM.{method}() is not supported by model {self.model_config.served_model_name!r} "
-                f"(task={self.model_config.task!r}); it supports: {supported}"
-            )
+        self.model_config.require(method, caller=f"LLM.{method}()")
 
     def _run(
         self,

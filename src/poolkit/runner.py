@@ -96,23 +96,29 @@ def length_buckets(max_len: int) -> list[int]:
     return buckets
 
 
+def _switch(name: str, value: bool | str | None, env: str, default: str) -> bool | None:
+    """An ``on``/``off``/``auto`` option (``None``: from ``env``, else ``default``); ``auto`` → ``None``."""
+    value = os.environ.get(env, default) if value is None else value
+    if isinstance(value, bool):
+        return value
+    value = str(value).lower()
+    if value in ("1", "true", "on", "yes"):
+        return True
+    if value in ("0", "false", "off", "no"):
+        return False
+    if value != "auto":
+        raise ValueError(f"{name} must be auto, on or off; got {value!r}")
+    return None
+
+
 def resolve_compile(compile_mode: bool | str | None, device: torch.device, dtype: torch.dtype) -> bool:
     """Whether to ``torch.compile``: ``on``/``off``, or ``auto`` = bf16 on CPUs with native bf16.
 
     Unset, ``POOLKIT_COMPILE`` decides (default ``off``: compiling costs tens of
     seconds on first start, which short jobs and tests should not pay).
     """
-    value = os.environ.get("POOLKIT_COMPILE", "off") if compile_mode is None else compile_mode
-    if isinstance(value, str):
-        value = value.lower()
-        if value in ("1", "true", "on", "yes"):
-            return True
-        if value in ("0", "false", "off", "no"):
-            return False
-        if value != "auto":
-            raise ValueError(f"compile must be auto, on or off; got {value!r}")
-        return device.type == "cpu" and dtype == torch.bfloat16
-    return bool(value)
+    choice = _switch("compile", compile_mode, "POOLKIT_COMPILE", "off")
+    return device.type == "cpu" and dtype == torch.bfloat16 if choice is None else choice
 
 
 # transformers activation classes that oneDNN can fuse into the preceding matmul.
@@ -167,17 +173,7 @@ def prepack_cpu_linears(model: nn.Module) -> int:
 
 def resolve_packing(packing: bool | str | None) -> bool | None:
     """``on``/``off``/``auto`` (default, env ``POOLKIT_PACKING``): ``None`` means decide per model."""
-    value = os.environ.get("POOLKIT_PACKING", "auto") if packing is None else packing
-    if isinstance(value, bool):
-        return value
-    value = str(value).lower()
-    if value in ("1", "true", "on", "yes"):
-        return True
-    if value in ("0", "false", "off", "no"):
-        return False
-    if value != "auto":
-        raise ValueError(f"packing must be auto, on or off; got {value!r}")
-    return None
+    return _switch("packing", packing, "POOLKIT_PACKING", "auto")
 
 
 def position_offset(model: nn.Module) -> int:
@@ -276,10 +272,10 @@ class ModelRunner:
             reason = "this transformers version has no AttentionInterface/mask registry to plug into"
         elif not getattr(model, "_supports_attention_backend", False):
             reason = "its attention does not go through transformers' AttentionInterface"
-        elif getattr(model, "base_model", model) is not model and sequence_head(model) is None:
+        elif (has_head := getattr(model, "base_model", model) is not model) and sequence_head(model) is None:
             reason = "its transformers head pools inside the model"
         else:
-            if getattr(model, "base_model", model) is not model:  # run the backbone packed, the head on rows
+            if has_head:  # run the backbone packed, the head on the unpacked rows
                 self._packed_model, self._packed_head = model.base_model, sequence_head(model)
             previous = model.config._attn_implementation
             try:
@@ -360,7 +356,9 @@ class ModelRunner:
         seq_sizes = sizes + [filler] if filler else sizes
         lengths = torch.tensor(sizes, dtype=torch.long)
         max_len = max(seq_sizes)
-        positions = torch.cat([torch.arange(n) for n in sizes] + [torch.zeros(filler, dtype=torch.long)])
+        rows = torch.repeat_interleave(torch.arange(len(sizes)), lengths)
+        offsets = torch.arange(total) - (lengths.cumsum(0) - lengths)[rows]  # each token's index in its sequence
+        positions = torch.cat([offsets, torch.zeros(filler, dtype=torch.long)])
         input_ids = list(itertools.chain.from_iterable(p.input_ids for p in batch)) + [self.pad_token_id] * filler
         cu_seq_lens = self._to_device(torch.tensor([0, *itertools.accumulate(seq_sizes)], dtype=torch.int32))
         kwargs = {
@@ -380,8 +378,7 @@ class ModelRunner:
         states = self._packed_model(**kwargs).last_hidden_state[0]
         # Back to right-padded rows: the pooler works on (B, L, D) with lengths.
         width = max(sizes)
-        rows = torch.repeat_interleave(torch.arange(len(sizes)), lengths)
-        slots = self._to_device(rows * width + (torch.arange(total) - (lengths.cumsum(0) - lengths)[rows]))
+        slots = self._to_device(rows * width + offsets)
         grid = states.new_zeros(len(sizes) * width, states.shape[-1]).index_copy_(0, slots, states[:total])
         grid = grid.view(len(sizes), width, -1)
         if self._packed_head is not None:
