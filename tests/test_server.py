@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from poolkit import LLM
-from poolkit.entrypoints.testing import RemoteServer
+from poolkit.entrypoints.testing import RemoteServer, wait_until
 from poolkit.params import matryoshka_unsupported
 
 NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -35,7 +35,7 @@ def corpus(n: int) -> list[str]:
 @pytest.fixture(scope="module")
 def server():
     with RemoteServer("default", ["--served-model-name", NAME, ALIAS, "--max-input-chars", "20000"],
-                      api_key=KEY) as srv:
+                      api_key=KEY, gated=True) as srv:
         yield srv
 
 
@@ -230,7 +230,15 @@ def test_64_concurrent_clients_get_their_own_answers(server, http, llm) -> None:
     async def main():
         limits = httpx.Limits(max_connections=64)
         async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=120, limits=limits) as c:
-            return await asyncio.gather(*(one(c, i) for i in range(64)))
+            # Hold the model until all 64 requests are inside the server, so that merging is by construction.
+            server.gate.hold()
+            try:
+                tasks = [asyncio.create_task(one(c, i)) for i in range(64)]
+                await asyncio.to_thread(wait_until, lambda: server.requests_in_progress("/v1/embeddings") == 64, 60,
+                                        "64 requests in progress")
+            finally:
+                server.gate.release()
+            return await asyncio.gather(*tasks)
 
     results = asyncio.run(main())
     for got, want in zip(results, expected):

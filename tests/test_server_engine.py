@@ -122,10 +122,10 @@ async def test_close_drains_queued_work_then_refuses(llm) -> None:
     engine.start()
     options = engine.head_options("classify", PoolingParams())
     tokens = await engine.tokenize(TEXTS)
-    tasks = [asyncio.create_task(engine.run([t], [options])) for t in tokens]
-    await asyncio.sleep(0.05)
+    pending = [engine.submit([t], [options]) for t in tokens]  # queued now, synchronously
+    assert engine.queued_tokens == sum(len(t) for t in tokens)
     await engine.close()
-    results = [await t for t in tasks]
+    results = [await p for p in pending]
     assert all(len(r) == 1 and r[0].shape == (3,) for r in results)
     with pytest.raises(EngineClosedError):
         await engine.run(tokens, [options] * len(tokens))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
+import socket
 
 import httpx
 import numpy as np
@@ -18,7 +18,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
 from poolkit import LLM, PoolingParams
-from poolkit.entrypoints.testing import RemoteServer
+from poolkit.entrypoints.testing import RemoteServer, wait_until
 from poolkit.params import matryoshka_dimension_unsupported
 
 QUERY = "what is the capital of france"
@@ -36,7 +36,7 @@ def checkpoints(tiny):
 def servers(checkpoints):
     ce = RemoteServer(checkpoints["ce"], ["--served-model-name", "tiny-ce", "--batch-wait-ms", "1"])
     enc = RemoteServer(checkpoints["enc"], ["--task", "embed", "--served-model-name", "tiny-mrl",
-                                            "--hf_overrides", '{"matryoshka_dimensions": [8, 16]}'])
+                                            "--hf_overrides", '{"matryoshka_dimensions": [8, 16]}'], gated=True)
     try:
         for s in (ce, enc):
             s.start()
@@ -154,27 +154,46 @@ def test_openapi_fuzz_has_no_server_errors(servers, which, mode) -> None:
 # -- graceful shutdown (last: it stops the embedder) ------------------------------------------------------------
 
 
-def test_graceful_shutdown_drains_in_flight_requests(servers) -> None:
-    server = servers["enc"]
-    texts = [f"{DOCS[i % len(DOCS)]} {i}" for i in range(1500)]
+def _refuses_connections(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
 
-    async def post(client: httpx.AsyncClient):
-        response = await client.post("/v1/embeddings", json={"input": texts})
-        return response, time.monotonic()
+
+def test_graceful_shutdown_drains_in_flight_requests(servers, enc_llm) -> None:
+    """Work is held in flight by a gate on the model worker (not by a guess at the machine's speed):
+    SIGTERM while it is held refuses new connections, then every in-flight request completes with 200."""
+    server = servers["enc"]
+    gate = server.gate
+    texts = [f"{DOCS[i % len(DOCS)]} {i}" for i in range(40)]
+    expected = np.array([o.outputs.embedding for o in enc_llm.embed(texts, use_tqdm=False)], dtype=np.float32)
+    batches_before = gate.entered
 
     async def main():
         async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
-            tasks = [asyncio.create_task(post(client)) for _ in range(6)]
-            await asyncio.sleep(0.5)  # all sent and queued or running
-            signalled = time.monotonic()
-            server.proc.terminate()  # SIGTERM: stop accepting, drain, exit
-            return signalled, await asyncio.gather(*tasks)
+            gate.hold()
+            tasks = [asyncio.create_task(client.post("/v1/embeddings", json={"input": texts})) for _ in range(6)]
+            # Every request is inside the server, and the model worker is blocked inside a batch.
+            await asyncio.to_thread(wait_until, lambda: server.requests_in_progress("/v1/embeddings") == 6, 60,
+                                    "6 requests in progress")
+            await asyncio.to_thread(gate.wait_entered, batches_before + 1)
+            assert not any(t.done() for t in tasks), "a request finished while the model was held"
+            server.proc.send_signal(signal.SIGTERM)  # stop accepting, drain, exit
+            # New connections are refused while draining (uvicorn logs "Shutting down" just before it closes
+            # its listening socket, so poll for the refusal rather than assume the order of two processes).
+            await asyncio.to_thread(wait_until, lambda: _refuses_connections(server.port), 60,
+                                    "the server to refuse new connections")
+            assert not any(t.done() for t in tasks), "in-flight requests were dropped at SIGTERM"
+            gate.release()
+            return await asyncio.gather(*tasks)
 
-    signalled, results = asyncio.run(main())
-    responses = [r for r, _ in results]
-    assert max(done for _, done in results) > signalled, "nothing was in flight at SIGTERM"
+    responses = asyncio.run(main())
     assert [r.status_code for r in responses] == [200] * 6
-    assert all(len(r.json()["data"]) == 1500 for r in responses)
+    for response in responses:
+        got = np.array([d["embedding"] for d in response.json()["data"]], dtype=np.float32)
+        np.testing.assert_allclose(got, expected, atol=ATOL)
     # uvicorn re-raises the SIGTERM it caught once the graceful shutdown is done
     assert server.proc.wait(60) in (0, -signal.SIGTERM)
     log = server.log()

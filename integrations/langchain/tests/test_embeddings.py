@@ -156,26 +156,23 @@ def test_chunking_keeps_order(tiny_encoder_llm: Any) -> None:
     assert asyncio.run(chunked.aembed_documents(texts)) == chunked.embed_documents(texts)
 
 
-async def test_async_matches_sync_and_does_not_block_loop(tiny_encoder_llm: Any) -> None:
+async def test_async_matches_sync_and_does_not_block_loop(tiny_encoder_llm: Any, monkeypatch) -> None:
+    """The engine call runs off the event loop: it waits (in its thread) for a callback to run on the loop,
+    which could never happen if the call blocked the loop."""
     emb = PoolkitEmbeddings(llm=tiny_encoder_llm, chunk_size=64)
     texts = [f"sentence {i} about the capital of France and Germany" for i in range(512)]
-    ticks = 0
-    done = asyncio.Event()
+    expected = emb.embed_documents(texts)
+    loop_ran = threading.Event()
+    real_embed = tiny_encoder_llm.embed
 
-    async def ticker() -> None:
-        nonlocal ticks
-        while not done.is_set():
-            ticks += 1
-            await asyncio.sleep(0.001)
+    def embed_after_the_loop_ran(*args: Any, **kwargs: Any) -> Any:
+        assert loop_ran.wait(timeout=30), "the event loop was blocked while embedding"
+        return real_embed(*args, **kwargs)
 
-    task = asyncio.create_task(ticker())
-    try:
-        vectors = await emb.aembed_documents(texts)
-    finally:
-        done.set()
-        await task
-    assert ticks > 3, "the event loop was blocked while embedding"
-    assert vectors == emb.embed_documents(texts)
+    monkeypatch.setattr(tiny_encoder_llm, "embed", embed_after_the_loop_ran)
+    asyncio.get_running_loop().call_soon(loop_ran.set)  # runs only if aembed_documents yields the loop
+    vectors = await emb.aembed_documents(texts)
+    assert vectors == expected
     assert await emb.aembed_query(texts[0]) == pytest.approx(vectors[0], abs=1e-6)
 
 

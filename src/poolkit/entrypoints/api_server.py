@@ -151,7 +151,9 @@ class ServerMiddleware:
             return
         start = time.perf_counter()
         path = scope["path"]
+        endpoint = path if path in self.endpoints else "other"
         status = [500]
+        self.metrics.request_started(endpoint)
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -165,7 +167,6 @@ class ServerMiddleware:
             else:
                 await self.app(scope, receive, send_wrapper)
         finally:
-            endpoint = path if path in self.endpoints else "other"
             self.metrics.observe_request(endpoint, scope["method"], status[0], time.perf_counter() - start)
 
     def _reject(self, scope: Scope, path: str) -> Response | None:

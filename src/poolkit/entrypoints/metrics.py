@@ -25,6 +25,9 @@ class ServerMetrics:
             "poolkit_request_latency_seconds", "HTTP request latency", ["endpoint"], buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.in_progress = Gauge(
+            "poolkit_requests_in_progress", "HTTP requests being handled, by endpoint", ["endpoint"], registry=r
+        )
         self.prompt_tokens = Counter("poolkit_prompt_tokens", "Prompt tokens processed", ["endpoint"], registry=r)
         self.queue_wait = Histogram(
             "poolkit_queue_wait_seconds", "Time a request chunk waited in the batching queue",
@@ -42,7 +45,12 @@ class ServerMetrics:
         self.queued_tokens = Gauge("poolkit_queued_tokens", "Tokens waiting for the model worker", registry=r)
 
     # -- HTTP layer --
+    def request_started(self, endpoint: str) -> None:
+        self.in_progress.labels(endpoint).inc()
+
     def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
+        """A request finished (pairs with :meth:`request_started`)."""
+        self.in_progress.labels(endpoint).dec()
         self.requests.labels(endpoint, method, str(status)).inc()
         self.latency.labels(endpoint).observe(seconds)
 
