@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.poolkit-installed
 INTEGRATIONS := $(wildcard integrations/*/pyproject.toml)
 
-.PHONY: run test install bench clean
+.PHONY: run test lint unit install bench clean
 
 $(STAMP): pyproject.toml $(INTEGRATIONS) Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,17 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/poolkit serve default
 
-test: $(STAMP)
+# House rules first (seconds), then the whole suite.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: lint
 	$(PY) -m pytest
+
+# The fast in-process tests only (under a minute).
+unit: $(STAMP)
+	$(PY) -m pytest -m unit
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_throughput.py

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from poolkit.attention import length_runs, run_attention
 
 
-def timed(fn, repeat: int) -> float:  # noqa: ANN001
+def timed(fn, repeat: int) -> float:
     fn()
     start = time.perf_counter()
     for _ in range(repeat):

@@ -20,7 +20,6 @@ import time
 
 import numpy as np
 import torch
-
 from bench_throughput import SHAPES, load_texts
 
 QUERY = "how do vector databases index embeddings for retrieval?"
@@ -40,7 +39,7 @@ def build_random_cross_encoder() -> str:
     return path
 
 
-def best_rate(fn, n: int, repeat: int) -> float:  # noqa: ANN001
+def best_rate(fn, n: int, repeat: int) -> float:
     best = float("inf")
     for _ in range(repeat):
         start = time.perf_counter()

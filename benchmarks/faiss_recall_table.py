@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     import torch
+
     from poolkit import LLM, PoolingParams
 
     if args.threads:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -35,7 +36,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     cache: dict[tuple[Any, ...], Path] = {}
 
     def make(kind: str, padding_side: str = "right", **st: Any) -> Path:
-        key = (kind, padding_side, tuple(sorted(st.items())))
+        key = (kind, padding_side, repr(sorted(st.items())))
         if key not in cache:
             path = tmp_path_factory.mktemp(kind.replace("-", "_"))
             build_tiny_checkpoint(path, kind, padding_side=padding_side)  # type: ignore[arg-type]

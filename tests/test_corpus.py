@@ -1,5 +1,5 @@
-"""``poolkit embed`` / ``poolkit.corpus`` with the local engine: sharded input, resumable output,
-equality with ``LLM.encode``, truncation accounting, the CLI and its summary line."""
+"""``poolkit embed`` / ``poolkit.corpus`` with the local executor: sharded input, resumable output,
+equality with ``LLM.embed``, truncation accounting, the CLI and its summary line."""
 
 from __future__ import annotations
 
@@ -7,25 +7,24 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-import pyarrow as pa
-import pyarrow.parquet as pq  # noqa: E402
-
-from poolkit import LLM, PoolingParams  # noqa: E402
-from poolkit.corpus import (  # noqa: E402
+from poolkit import LLM, PoolingParams
+from poolkit.corpus import (
     MANIFEST_NAME,
     CorpusSource,
     Embedder,
     embed_corpus,
     embedding_matrix,
-    main,
     read_corpus_embeddings,
 )
+from poolkit.entrypoints.embed import main
 
 
 def _texts(n: int) -> list[str]:
-    words = "the corpus job embeds each shard once and writes it atomically to disk".split()
+    words = ["the", "corpus", "job", "embeds", "each", "shard", "once", "and", "writes", "it", "atomically", "to", "disk"]
     # Some rows exceed the tiny model's 128-token limit, so truncation is exercised.
     return [" ".join(words[(i * 3 + k) % len(words)] for k in range(1 + (i * 37) % 140)) + f" #{i}" for i in range(n)]
 
@@ -52,8 +51,8 @@ def llm(encoder) -> LLM:
 
 def _reference(llm: LLM, texts: list[str], dimensions: int | None = None) -> np.ndarray:
     params = PoolingParams(dimensions=dimensions) if dimensions else None
-    outs = llm.encode(texts, pooling_params=params, truncate_prompt_tokens=-1, use_tqdm=False)
-    return np.stack([o.outputs.data.numpy() for o in outs])
+    outs = llm.embed(texts, pooling_params=params, truncate_prompt_tokens=-1, use_tqdm=False)
+    return np.stack([o.outputs.numpy() for o in outs])
 
 
 def _assert_same(vectors: np.ndarray, reference: np.ndarray) -> None:
@@ -80,6 +79,8 @@ def test_jsonl_every_row_once_equal_to_engine_and_counts(encoder, llm, tmp_path)
     limit = llm.model_config.max_model_len
     assert table.column("truncated").to_pylist() == [n > limit for n in full]
     assert summary.truncated == sum(n > limit for n in full) > 0
+    # The count comes from the engine's outputs, exactly as LLM.embed reports it.
+    assert summary.truncated == sum(o.truncated for o in llm.embed(texts, truncate_prompt_tokens=-1, use_tqdm=False))
     assert table.column("num_tokens").to_pylist() == [min(n, limit) for n in full]
     assert summary.tokens == sum(min(n, limit) for n in full)
     line = summary.line()
@@ -117,11 +118,11 @@ def test_resume_after_interruption_recomputes_nothing_finished(encoder, llm, tmp
     calls = {"n": 0}
     real_embed = Embedder.embed
 
-    def crashing(self, batch):
+    def crashing(self, texts, **kwargs):
         calls["n"] += 1
         if calls["n"] == 8:  # shard 4 of 8, 2nd chunk (3 chunks a shard)
             raise KeyboardInterrupt("simulated interruption")
-        return real_embed(self, batch)
+        return real_embed(self, texts, **kwargs)
 
     monkeypatch.setattr(Embedder, "embed", crashing)
     with pytest.raises(KeyboardInterrupt):
@@ -167,7 +168,7 @@ def test_cli_summary_resume_and_job_mismatch(encoder, tmp_path, capsys):
     assert _mtimes(out) == before
     assert read_corpus_embeddings(out).column("id").to_pylist() == list(range(60))  # no id field: row numbers
 
-    with pytest.raises(SystemExit, match="different job.*shard_size"):
+    with pytest.raises(SystemExit, match=r"different job.*shard_size"):
         main([str(src), "--model", encoder, "--out", str(out), "--shard-size", "10", "--no-progress"])
     assert main([str(src), "--model", encoder, "--out", str(out), "--shard-size", "10", "--overwrite",
                  "--no-progress"]) == 0
@@ -175,9 +176,11 @@ def test_cli_summary_resume_and_job_mismatch(encoder, tmp_path, capsys):
 
 
 def test_no_silent_truncation_when_disabled(encoder, tmp_path):
-    src = _write_jsonl(tmp_path / "c.jsonl", _texts(40))
-    with pytest.raises(ValueError, match="shard 0, rows .*more than the model's maximum"):
-        embed_corpus(src, tmp_path / "out", model=encoder, shard_size=40, truncate=None, progress=False)
+    texts = ["a short text"] * 25 + ["far too long for the tiny model " * 40] * 15
+    src = _write_jsonl(tmp_path / "c.jsonl", texts)
+    # The error names the shard and its rows, and its prompt number is the input's row number.
+    with pytest.raises(ValueError, match=r"shard 1, rows 20-39: Prompt 25 has \d+ tokens, more than the model's max"):
+        embed_corpus(src, tmp_path / "out", model=encoder, shard_size=20, truncate=None, progress=False)
 
 
 def test_source_errors(tmp_path):
@@ -188,13 +191,18 @@ def test_source_errors(tmp_path):
         source.read(source.shards[0])
     with pytest.raises(ValueError, match="no 'body' field"):
         CorpusSource.open(bad, text_column="body")
-    with pytest.raises(ValueError, match="expected a .jsonl or .parquet"):
-        (tmp_path / "c.csv").write_text("x")
+    (tmp_path / "c.csv").write_text("x")
+    with pytest.raises(ValueError, match=r"expected a \.jsonl or \.parquet"):
         CorpusSource.open(tmp_path / "c.csv")
 
 
 def test_poolkit_cli_registers_embed():
+    from poolkit.corpus import available_executors
     from poolkit.entrypoints import cli
+
     parser = cli.make_parser()
-    args = parser.parse_args(["embed", "in.jsonl", "--out", "o", "--engine", "ray", "--truncate", "none"])
-    assert args.engine == "ray" and args.truncate is None and callable(args.func)
+    engine = available_executors()[-1]  # an installed plugin (ray, lightning) when there is one
+    args = parser.parse_args(["embed", "in.jsonl", "--out", "o", "--engine", engine, "--truncate", "none",
+                              "--prompt-name", "query"])
+    assert args.engine == engine and args.truncate is None and args.prompt_name == "query" and callable(args.func)
+    assert parser.parse_args(["embed", "in.jsonl", "--out", "o"]).engine == "local"

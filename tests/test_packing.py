@@ -15,7 +15,10 @@ import poolkit.attention as attention
 import poolkit.runner as runner_module
 from poolkit import LLM
 from poolkit.attention import length_runs, run_attention
+from poolkit.settings import EngineArgs
 from poolkit.testing import SAMPLE_TEXTS
+
+pytestmark = pytest.mark.unit
 
 TEXTS = SAMPLE_TEXTS + ["short", "x", "a somewhat longer sentence about vector search and rerankers in retrieval"]
 
@@ -105,14 +108,18 @@ def test_probe_keeps_a_model_padded_when_packed_results_differ(tiny, monkeypatch
 
 
 def test_packing_option_and_env(monkeypatch) -> None:
-    assert runner_module.resolve_packing("off") is False
-    assert runner_module.resolve_packing(True) is True
+    assert EngineArgs(packing="off").packing == "off"
+    assert EngineArgs(packing=True).packing == "on"
     monkeypatch.setenv("POOLKIT_PACKING", "on")
-    assert runner_module.resolve_packing(None) is True
+    assert EngineArgs.resolve().packing == "on"
+    assert EngineArgs.resolve(packing="off").packing == "off"  # an explicit argument beats the environment
     monkeypatch.delenv("POOLKIT_PACKING")
-    assert runner_module.resolve_packing(None) is None
-    with pytest.raises(ValueError, match="packing must be auto, on or off"):
-        runner_module.resolve_packing("sometimes")
+    assert EngineArgs.resolve().packing == "auto"
+    with pytest.raises(ValueError, match="expected auto, on or off"):
+        EngineArgs(packing="sometimes")
+    monkeypatch.setenv("POOLKIT_PACKING", "sometimes")
+    with pytest.raises(ValueError, match="POOLKIT_PACKING='sometimes'"):
+        EngineArgs.resolve()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="FlashAttention varlen runs on CUDA only (benchmarks/gpu_check.sh)")

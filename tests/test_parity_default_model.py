@@ -12,6 +12,7 @@ from sentence_transformers import SentenceTransformer
 
 from poolkit import LLM, default_model_path
 
+
 @pytest.fixture(scope="module")
 def texts(corpus) -> list[str]:
     texts = corpus(2048)[::8]

@@ -15,6 +15,8 @@ import transformers as tf
 from poolkit import LLM, PoolingParams
 from poolkit.testing import SAMPLE_TEXTS
 
+pytestmark = pytest.mark.unit
+
 TEXTS = SAMPLE_TEXTS + ["short", "a somewhat longer sentence about vector search and rerankers in retrieval"]
 
 

@@ -13,6 +13,8 @@ from poolkit.runner import length_buckets, resolve_compile, select_dtype
 from poolkit.scheduler import SchedulerConfig, schedule
 from poolkit.testing import SAMPLE_TEXTS
 
+pytestmark = pytest.mark.unit
+
 
 def test_schedule_respects_budget_and_covers_every_index() -> None:
     rng = random.Random(0)
@@ -54,20 +56,17 @@ def test_length_buckets() -> None:
     assert length_buckets(100) == [16, 32, 64, 100]
 
 
-def test_dtype_and_compile_resolution(monkeypatch) -> None:
+def test_dtype_and_compile_resolution() -> None:
     cpu = torch.device("cpu")
     assert select_dtype("float32", cpu) is torch.float32
     assert select_dtype("bf16", cpu) is torch.bfloat16
-    monkeypatch.setenv("POOLKIT_CPU_DTYPE", "float32")
-    assert select_dtype("auto", cpu) is torch.float32
+    assert select_dtype("auto", cpu, cpu_dtype="float32") is torch.float32
     with pytest.raises(ValueError, match="Unknown dtype"):
         select_dtype("int3", cpu)
     assert resolve_compile("off", cpu, torch.bfloat16) is False
     assert resolve_compile("auto", cpu, torch.float32) is False
-    monkeypatch.setenv("POOLKIT_COMPILE", "on")
-    assert resolve_compile(None, cpu, torch.float32) is True
-    with pytest.raises(ValueError):
-        resolve_compile("sometimes", cpu, torch.float32)
+    assert resolve_compile("auto", cpu, torch.bfloat16) is True
+    assert resolve_compile("on", cpu, torch.float32) is True
 
 
 def test_bucketed_padding_does_not_change_results(tiny) -> None:

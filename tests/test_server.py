@@ -25,6 +25,8 @@ CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bench
 TEXTS = ["Paris is the capital of France.", "Berlin is the capital of Germany.", "I like green apples.",
          "Vector search finds the nearest neighbours of a query."]
 ATOL = 2e-5  # batch composition differs between server and offline runs
+# float32 on both sides: bf16 (the default on CPUs with AMX) is not batch-invariant to ATOL.
+FLOAT32 = ("--dtype", "float32")
 
 
 def corpus(n: int) -> list[str]:
@@ -34,14 +36,14 @@ def corpus(n: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def server():
-    with RemoteServer("default", ["--served-model-name", NAME, ALIAS, "--max-input-chars", "20000"],
+    with RemoteServer("default", ["--served-model-name", NAME, ALIAS, "--max-input-chars", "20000", *FLOAT32],
                       api_key=KEY, gated=True) as srv:
         yield srv
 
 
 @pytest.fixture(scope="module")
 def llm() -> LLM:
-    return LLM()
+    return LLM(dtype="float32")
 
 
 @pytest.fixture(scope="module")

@@ -13,15 +13,18 @@ import pytest
 
 from poolkit import LLM, PoolingParams
 from poolkit.async_engine import AsyncPoolingEngine, EngineClosedError
-from poolkit.entrypoints.api_server import ServerSettings, build_app
-from poolkit.entrypoints.cli import engine_kwargs, make_parser
+from poolkit.entrypoints.cli import engine_args, make_parser
+from poolkit.entrypoints.server import ServerSettings, build_app
+from poolkit.settings import EngineArgs
+
+pytestmark = pytest.mark.unit
 
 TEXTS = ["the quick brown fox", "paris", "is the capital of france", "a", "berlin is the capital of germany too"]
 
 
 @pytest.fixture(scope="module")
 def llm(tiny) -> LLM:
-    return LLM(str(tiny("classifier")), served_model_name="tiny-cls")
+    return LLM(str(tiny("classifier")), served_model_name="tiny-cls", dtype="float32")
 
 
 @contextlib.asynccontextmanager
@@ -78,11 +81,11 @@ async def test_failure_inside_merged_batch_fails_only_its_request(llm, monkeypat
     real_execute = llm.engine.execute
     calls: list[int] = []
 
-    def execute(prompts, options, use_tqdm=False):
+    def execute(prompts, options, use_tqdm=False, progress=None):
         calls.append(len(prompts))
         if any(p.input_ids == poison for p in prompts):
             raise RuntimeError("poisoned batch")
-        return real_execute(prompts, options, use_tqdm)
+        return real_execute(prompts, options, use_tqdm, progress)
 
     monkeypatch.setattr(llm.engine, "execute", execute)
     async with serving(llm, batch_wait_ms=150) as (_, client):
@@ -103,9 +106,9 @@ async def test_large_request_is_chunked_and_keeps_order(llm, monkeypatch) -> Non
     real_execute = llm.engine.execute
     sizes: list[int] = []
 
-    def execute(prompts, options, use_tqdm=False):
+    def execute(prompts, options, use_tqdm=False, progress=None):
         sizes.append(len(prompts))
-        return real_execute(prompts, options, use_tqdm)
+        return real_execute(prompts, options, use_tqdm, progress)
 
     monkeypatch.setattr(llm.engine, "execute", execute)
     texts = [TEXTS[i % len(TEXTS)] + " x" * (i % 7) for i in range(40)]
@@ -120,15 +123,14 @@ async def test_close_drains_queued_work_then_refuses(llm) -> None:
     engine = AsyncPoolingEngine(llm, batch_wait_ms=300)
     app = build_app(engine, ServerSettings(served_model_names=["tiny-cls"]))
     engine.start()
-    options = engine.head_options("classify", PoolingParams())
-    tokens = await engine.tokenize(TEXTS)
-    pending = [engine.submit([t], [options]) for t in tokens]  # queued now, synchronously
-    assert engine.queued_tokens == sum(len(t) for t in tokens)
+    request = llm.prepare("classify", TEXTS, PoolingParams())
+    pending = [engine.submit([p], [o]) for p, o in zip(request.prompts, request.options)]  # queued now, synchronously
+    assert engine.queued_tokens == sum(len(p) for p in request.prompts)
     await engine.close()
     results = [await p for p in pending]
     assert all(len(r) == 1 and r[0].shape == (3,) for r in results)
     with pytest.raises(EngineClosedError):
-        await engine.run(tokens, [options] * len(tokens))
+        await engine.process("classify", TEXTS, PoolingParams())
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
         assert (await client.get("/health")).status_code == 503
         r = await client.post("/classify", json={"input": "late"})
@@ -147,16 +149,14 @@ def test_cli_flags_follow_vllm(monkeypatch) -> None:
         "--trust-remote-code", "--dtype", "bfloat16", "--device", "cpu", "--max-model-len", "128", "--port", "9000",
     ])
     assert (args.api_key, args.batch_wait_ms, args.port, args.host) == ("from-env", 7.5, 9000, "127.0.0.1")
-    kwargs = engine_kwargs(args)
-    assert kwargs == {
-        "model": "/models/x", "task": "score", "override_pooler_config": {"pooling_type": "MEAN"},
-        "hf_overrides": {"is_matryoshka": True}, "trust_remote_code": True, "dtype": "bfloat16", "device": "cpu",
-        "max_model_len": 128, "served_model_name": "a", "max_num_batched_tokens": None, "max_num_seqs": None,
-        "compile": None, "packing": None,
-    }
+    assert engine_args(args) == EngineArgs(
+        model="/models/x", task="score", override_pooler_config={"pooling_type": "MEAN"},
+        hf_overrides={"is_matryoshka": True}, trust_remote_code=True, dtype="bfloat16", device="cpu",
+        max_model_len=128, served_model_name=["a", "b"], max_num_batched_tokens=None,
+    )
     assert args.served_model_name == ["a", "b"]
-    assert engine_kwargs(make_parser().parse_args(["serve", "default"]))["model"] is None
-    assert engine_kwargs(make_parser().parse_args(["serve"]))["model"] is None
+    assert engine_args(make_parser().parse_args(["serve", "default"])).model is None
+    assert engine_args(make_parser().parse_args(["serve"])).model is None
     assert make_parser().parse_args(["serve", "--api-key", "cli"]).api_key == "cli"
 
 
@@ -171,11 +171,11 @@ def test_cli_rejects_bad_flags(argv, capsys) -> None:
 
 def test_cli_json_helper_roundtrip() -> None:
     args = make_parser().parse_args(["serve", "--hf-overrides", json.dumps({"matryoshka_dimensions": [8]})])
-    assert engine_kwargs(args)["hf_overrides"] == {"matryoshka_dimensions": [8]}
+    assert engine_args(args).hf_overrides == {"matryoshka_dimensions": [8]}
 
 
 def test_serve_with_bad_flags_exits_with_one_line(tiny) -> None:
-    from poolkit.entrypoints.api_server import run_server
+    from poolkit.entrypoints.server import run_server
 
     args = make_parser().parse_args(["serve", str(tiny("encoder")), "--task", "classify"])
     with pytest.raises(SystemExit) as info:

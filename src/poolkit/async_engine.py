@@ -1,16 +1,17 @@
 """Async front of the engine for the server: cross-request batching on one model thread.
 
-One :class:`AsyncPoolingEngine` owns the model of an ``LLM``. Requests are
-tokenized and validated off the event loop on one tokenizer thread (fast
-tokenizers are not safe to reconfigure from several threads, and truncation
-reconfigures them); invalid input raises ``ValueError``/``TypeError`` there,
-before any batching. Valid work goes into a queue bounded in tokens; ONE
+One :class:`AsyncPoolingEngine` owns the model of an ``LLM`` and drives the
+same task layer (:mod:`poolkit.tasks`) as the offline API: a request is
+prepared (checked, prompted, tokenized) off the event loop on one tokenizer
+thread (fast tokenizers are not safe to reconfigure from several threads, and
+truncation reconfigures them); invalid input raises ``ValueError``/``TypeError``
+there, before any batching. Valid work goes into a queue bounded in tokens; ONE
 model worker thread takes everything queued within a short window (a few ms)
 up to a token budget, runs ``PoolingEngine.execute`` once on the merged batch
 and resolves each request's future on its event loop. If a merged batch
 fails, every request in it is retried on its own, so one bad request never
-fails the others. Results leave the worker as NumPy arrays: callers above
-this module never touch torch.
+fails the others. The task turns the pooled NumPy arrays into the same output
+objects ``LLM`` returns: callers above this module never touch torch.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import math
 import threading
@@ -25,15 +27,15 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 import numpy as np
-import torch
 
-from .engine import LLM, prompt_key, pair_up
-from .inputs import Prompt, TokenizedPrompt
-from .params import PoolingParams
-from .pooling import HeadOptions, cosine_scores
+from .engine import LLM
+from .inputs import TokenizedPrompt
+from .outputs import RequestOutput
+from .params import HeadOptions
+from .tasks import PreparedRequest, counter_ids
 
 logger = logging.getLogger(__name__)
 
@@ -64,16 +66,6 @@ class EngineStats(Protocol):
     def set_queued_tokens(self, tokens: int) -> None: ...
 
 
-class PooledResult(NamedTuple):
-    values: list[np.ndarray]  # float32, one per prompt, in input order
-    num_tokens: list[int]  # tokens each prompt ran with
-
-
-class ScoreResult(NamedTuple):
-    scores: list[float]
-    num_tokens: list[int]  # per pair, as in the offline ``prompt_token_ids``
-
-
 @dataclass(eq=False)
 class _Work:
     prompts: list[TokenizedPrompt]
@@ -90,10 +82,6 @@ def _resolve(future: asyncio.Future[Any], value: Any, error: BaseException | Non
         future.set_exception(error)
     else:
         future.set_result(value)
-
-
-def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
-    return np.ascontiguousarray(tensor.detach().to("cpu", torch.float32).numpy())
 
 
 class AsyncPoolingEngine:
@@ -128,6 +116,7 @@ class AsyncPoolingEngine:
     ) -> None:
         self.llm = llm
         self.engine = llm.engine
+        self.tasks = llm.tasks
         self.model_config = llm.model_config
         self.batch_wait_s = max(0.0, batch_wait_ms) / 1000.0
         self.max_batch_wait_s = max(self.batch_wait_s, (max_batch_wait_ms if max_batch_wait_ms is not None
@@ -142,6 +131,7 @@ class AsyncPoolingEngine:
         self._incoming = 0  # requests accepted and being tokenized, not yet queued
         self._tokens_per_s = 0.0  # moving average, for Retry-After
         self._worker: threading.Thread | None = None
+        self._request_ids = counter_ids()
         self._tokenizer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="poolkit-tokenizer")
 
     # -- lifecycle ----------------------------------------------------------
@@ -172,13 +162,6 @@ class AsyncPoolingEngine:
 
     # -- building blocks ------------------------------------------------------
 
-    def require(self, method: str) -> None:
-        self.model_config.require(method)
-
-    def head_options(self, method: str, params: PoolingParams) -> HeadOptions:
-        """Validate ``params`` for ``method`` (raises ``ValueError`` with the engine's message)."""
-        return self.engine.head_options(method, params)
-
     @contextlib.contextmanager
     def _arriving(self) -> Iterator[None]:
         """Mark a request as on its way to the queue (the worker waits for it to join a batch)."""
@@ -190,41 +173,22 @@ class AsyncPoolingEngine:
                 self._incoming -= 1
                 self._cond.notify()
 
-    async def _in_tokenizer(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def _in_tokenizer(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self._closing:
             raise EngineClosedError("The server is shutting down")
-        return await asyncio.get_running_loop().run_in_executor(self._tokenizer, fn, *args)
-
-    async def tokenize(self, prompts: Sequence[Prompt], truncate_prompt_tokens: int | None = None) -> list[TokenizedPrompt]:
-        return await self._in_tokenizer(self.engine.processor.encode, list(prompts), truncate_prompt_tokens)
-
-    async def tokenize_pairs(
-        self, lefts: Sequence[str], rights: Sequence[str], truncate_prompt_tokens: int | None = None
-    ) -> list[TokenizedPrompt]:
-        return await self._in_tokenizer(self.engine.processor.encode_pairs, list(lefts), list(rights),
-                                        truncate_prompt_tokens)
+        call = functools.partial(fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._tokenizer, call)
 
     async def tokenize_text(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of one text, without the length check (for ``/tokenize``)."""
-        processor = self.engine.processor
-
-        def run() -> list[int]:
-            text_ = processor.prepare_text(text)
-            return list(processor.tokenizer(text_, add_special_tokens=add_special_tokens, truncation=False,
-                                            verbose=False)["input_ids"])
-
-        return await self._in_tokenizer(run)
+        return await self._in_tokenizer(self.tasks.processor.tokenize, text, add_special_tokens)
 
     async def detokenize(self, token_ids: Sequence[int]) -> str:
-        processor = self.engine.processor
+        processor = self.tasks.processor
         bad = [t for t in token_ids if t < 0 or t >= processor.vocab_size]
         if bad:
             raise ValueError(f"Token id {bad[0]} is outside the vocabulary (size {processor.vocab_size})")
         return await self._in_tokenizer(processor.tokenizer.decode, list(token_ids))
-
-    async def run(self, prompts: Sequence[TokenizedPrompt], options: Sequence[HeadOptions]) -> list[np.ndarray]:
-        """Queue tokenized prompts for the model worker; pooled outputs in input order."""
-        return await self.submit(prompts, options)
 
     def submit(self, prompts: Sequence[TokenizedPrompt], options: Sequence[HeadOptions]) -> Awaitable[list[np.ndarray]]:
         """Queue now (raising :class:`QueueFullError` / :class:`EngineClosedError` at once); await the outputs.
@@ -290,54 +254,21 @@ class AsyncPoolingEngine:
             return 1
         return int(min(60, max(1, math.ceil(self._queued_tokens / self._tokens_per_s))))
 
-    # -- composite operations (the offline LLM methods, asynchronously) ------------
+    # -- requests -------------------------------------------------------------------
 
-    async def pool(
-        self,
-        method: str,
-        prompts: Sequence[Prompt],
-        params: PoolingParams | None = None,
-        truncate_prompt_tokens: int | None = None,
-    ) -> PooledResult:
-        """``embed`` / ``encode`` / ``classify``: like ``LLM.<method>`` but NumPy out."""
-        self.require(method)
-        options = self.head_options(method, params or PoolingParams())
+    async def process(self, task: str, *args: Any, **kwargs: Any) -> list[RequestOutput[Any]]:
+        """Like ``LLM.<task>(*args, **kwargs)``, batched with every other caller's work.
+
+        The queue is checked before tokenizing (a full queue answers at once), the
+        request is prepared on the tokenizer thread, queued, and its outputs built
+        by the task when the model worker is done.
+        """
         self.check_capacity()
         with self._arriving():
-            tokens = await self.tokenize(prompts, truncate_prompt_tokens)
-            pending = self.submit(tokens, [options] * len(tokens))
-        values = await pending
-        return PooledResult(values, [len(t) for t in tokens])
-
-    async def score(
-        self,
-        data_1: Sequence[str],
-        data_2: Sequence[str],
-        params: PoolingParams | None = None,
-        truncate_prompt_tokens: int | None = None,
-    ) -> ScoreResult:
-        """Like ``LLM.score``: 1:1, 1:N or N:N; cosine for embedding models, one pass per pair for cross-encoders."""
-        self.require("score")
-        left, right = pair_up(list(data_1), list(data_2))
-        if self.model_config.task == "embed":
-            options = self.head_options("embed", PoolingParams())
-            self.check_capacity()
-            unique = list({prompt_key(p): p for p in (*left, *right)}.values())
-            with self._arriving():
-                tokens = await self.tokenize(unique, truncate_prompt_tokens)
-                pending = self.submit(tokens, [options] * len(tokens))
-            values = await pending
-            found = {prompt_key(p): (len(t), v) for p, t, v in zip(unique, tokens, values)}
-            pairs = [(found[prompt_key(a)], found[prompt_key(b)]) for a, b in zip(left, right)]
-            scores = cosine_scores([torch.from_numpy(a[1]) for a, _ in pairs], [torch.from_numpy(b[1]) for _, b in pairs])
-            return ScoreResult(scores, [a[0] + b[0] for a, b in pairs])
-        options = self.head_options("score", params or PoolingParams())
-        self.check_capacity()
-        with self._arriving():
-            tokens = await self.tokenize_pairs(left, right, truncate_prompt_tokens)
-            pending = self.submit(tokens, [options] * len(tokens))
-        values = await pending
-        return ScoreResult([float(v.reshape(-1)[0]) for v in values], [len(t) for t in tokens])
+            request: PreparedRequest = await self._in_tokenizer(self.tasks.prepare, task, *args, **kwargs)
+            pending = self.submit(request.prompts, request.options)
+        pooled = await pending
+        return self.tasks.finish(request, pooled, self._request_ids)
 
     # -- the model worker thread ---------------------------------------------------
 
@@ -372,7 +303,7 @@ class AsyncPoolingEngine:
         return batch
 
     def _execute(self, prompts: list[TokenizedPrompt], options: list[HeadOptions]) -> list[np.ndarray]:
-        return [_to_numpy(t) for t in self.engine.execute(prompts, options, use_tqdm=False)]
+        return self.engine.execute(prompts, options, use_tqdm=False)
 
     def _run_batch(self, batch: list[_Work]) -> None:
         now = time.monotonic()

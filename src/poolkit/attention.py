@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -127,7 +128,7 @@ def varlen_attention_forward(
     dropout: float = 0.0,
     scaling: float | None = None,
     is_causal: bool | None = None,
-    **kwargs,
+    **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """transformers attention function: packed when given ``cu_seq_lens_q``, else plain SDPA."""
     cu_seq_lens = kwargs.get("cu_seq_lens_q")
@@ -150,7 +151,7 @@ def varlen_attention_forward(
     return out.unsqueeze(0), None
 
 
-def _varlen_mask(*args, attention_mask: torch.Tensor | None = None, **kwargs):  # noqa: ANN002, ANN003, ANN202
+def _varlen_mask(*args: Any, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
     """Packed calls carry no mask (boundaries travel as cu_seq_lens); padded calls get SDPA's."""
     if attention_mask is None:
         return None

@@ -140,6 +140,7 @@ class ModelConfig:
     do_lower_case: bool = False
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
+    include_prompt: bool = True  # Sentence-Transformers Pooling: False = prompt tokens are not pooled
     is_sentence_transformer: bool = False
     trust_remote_code: bool = False
 
@@ -164,8 +165,6 @@ class ModelConfig:
                 f"{caller or method} is not supported by model {self.served_model_name!r} (task={self.task!r}); "
                 f"it supports: {', '.join(sorted(self.supported_methods))}"
             )
-
-
 
 
 def is_encoder_only(hf_config: Any) -> bool:

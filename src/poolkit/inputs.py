@@ -1,24 +1,41 @@
 """Tokenization: prompts (text or token ids, single or pairs) → checked token sequences.
 
 Nothing is cut silently: a prompt longer than the model's limit is an error
-unless the caller asked for ``truncate_prompt_tokens``.
+unless the caller asked for ``truncate_prompt_tokens``. Truncation keeps the
+model's special tokens, for token-id prompts as for text (the tokenizer's own
+rule), and every sequence remembers how long it was before it was cut.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Union
 
 from .config import ModelConfig
+from .params import check_truncate_prompt_tokens
 
 Prompt = Union[str, Sequence[int]]
 
 
 @dataclass
 class TokenizedPrompt:
+    """One sequence ready for the model.
+
+    ``num_input_tokens``: its length before truncation (``-1``: not cut).
+    ``pool_start``: pooling ignores the tokens before it (a prompt that the
+    model's Sentence-Transformers ``Pooling`` excludes with ``include_prompt=False``).
+    """
+
     input_ids: list[int]
     token_type_ids: list[int] | None = None
+    num_input_tokens: int = -1
+    pool_start: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_input_tokens < 0:
+            self.num_input_tokens = len(self.input_ids)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -57,12 +74,12 @@ class InputProcessor:
         self.vocab_size = len(tokenizer)
 
     def resolve_truncation(self, truncate_prompt_tokens: int | None) -> int | None:
+        """The token limit a prompt is cut to (``None``: never cut); ``ValueError`` for a bad value."""
+        check_truncate_prompt_tokens(truncate_prompt_tokens)
         if truncate_prompt_tokens is None:
             return None
         if truncate_prompt_tokens == -1:
             return self.max_model_len
-        if truncate_prompt_tokens < 1:
-            raise ValueError("truncate_prompt_tokens must be -1 (the model's limit) or a positive number of tokens")
         if truncate_prompt_tokens > self.max_model_len:
             raise ValueError(
                 f"truncate_prompt_tokens={truncate_prompt_tokens} exceeds the model's maximum "
@@ -73,6 +90,38 @@ class InputProcessor:
     def prepare_text(self, text: str) -> str:
         """The model's own text normalization (Sentence-Transformers ``do_lower_case``)."""
         return text.lower() if self.model_config.do_lower_case else text
+
+    def count_tokens(self, text: str, add_special_tokens: bool = True) -> int:
+        return len(self.tokenize(text, add_special_tokens))
+
+    def tokenize(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of one text, without the length check (``/tokenize``, prompt lengths)."""
+        ids = self.tokenizer(self.prepare_text(text), add_special_tokens=add_special_tokens, truncation=False,
+                             verbose=False)["input_ids"]
+        return list(ids)
+
+    @cached_property
+    def special_template(self) -> tuple[list[int], list[int]]:
+        """The special tokens the tokenizer puts before and after a single text (e.g. ``[CLS]`` and ``[SEP]``)."""
+        probe = "a"
+        with_special = self.tokenize(probe)
+        plain = self.tokenize(probe, add_special_tokens=False)
+        for start in range(len(with_special) - len(plain) + 1):
+            if with_special[start:start + len(plain)] == plain:
+                return with_special[:start], with_special[start + len(plain):]
+        return [], []
+
+    def truncate_ids(self, ids: list[int], limit: int) -> list[int]:
+        """Cut token ids to ``limit`` as the tokenizer cuts text: its special tokens stay at both ends."""
+        prefix, suffix = self.special_template
+        left = self.tokenizer.truncation_side == "left"
+        framed = (len(prefix) + len(suffix) < limit and ids[:len(prefix)] == prefix
+                  and (not suffix or ids[len(ids) - len(suffix):] == suffix))
+        if not framed:
+            return ids[-limit:] if left else ids[:limit]
+        body = ids[len(prefix):len(ids) - len(suffix)]
+        keep = limit - len(prefix) - len(suffix)
+        return prefix + (body[len(body) - keep:] if left else body[:keep]) + suffix
 
     def encode(
         self, prompts: Sequence[Prompt], truncate_prompt_tokens: int | None = None, first_index: int = 0
@@ -88,21 +137,22 @@ class InputProcessor:
             enc = self.tokenizer([t for _, t in texts], add_special_tokens=True, truncation=False, verbose=False)
             for (i, _), ids in zip(texts, enc["input_ids"]):
                 out[i] = TokenizedPrompt(list(ids))
-            too_long = [i for i, _ in texts if limit is not None and len(out[i]) > limit]
+            too_long = [(i, t) for i, t in texts if limit is not None and len(out[i]) > limit]  # type: ignore[arg-type]
             if too_long:
-                enc = self.tokenizer([self.prepare_text(prompts[i]) for i in too_long], add_special_tokens=True,
-                                     truncation=True, max_length=limit, verbose=False)
-                for i, ids in zip(too_long, enc["input_ids"]):
-                    out[i] = TokenizedPrompt(list(ids))
+                enc = self.tokenizer([t for _, t in too_long], add_special_tokens=True, truncation=True,
+                                     max_length=limit, verbose=False)
+                for (i, _), ids in zip(too_long, enc["input_ids"]):
+                    out[i] = TokenizedPrompt(list(ids), num_input_tokens=len(out[i]))  # type: ignore[arg-type]
         for i, prompt in enumerate(prompts):
             if not isinstance(prompt, str):
                 ids = list(prompt)
                 bad = [t for t in ids if t < 0 or t >= self.vocab_size]
                 if bad:
-                    raise ValueError(f"Prompt {first_index + i} has token id {bad[0]} outside the vocabulary (size {self.vocab_size})")
-                if limit is not None and len(ids) > limit:
-                    ids = ids[-limit:] if self.tokenizer.truncation_side == "left" else ids[:limit]
-                out[i] = TokenizedPrompt(ids)
+                    raise ValueError(f"Prompt {first_index + i} has token id {bad[0]} outside the vocabulary "
+                                     f"(size {self.vocab_size})")
+                out[i] = TokenizedPrompt(
+                    self.truncate_ids(ids, limit) if limit is not None and len(ids) > limit else ids,
+                    num_input_tokens=len(ids))
         result = [p for p in out if p is not None]
         self.check(result, first_index)
         return result
@@ -116,13 +166,14 @@ class InputProcessor:
             raise TypeError("Cross-encoder scoring takes text prompts, not token ids")
         lefts = [self.prepare_text(t) for t in lefts]
         rights = [self.prepare_text(t) for t in rights]
-        kwargs: dict[str, Any] = {"truncation": False}
-        if limit is not None:
-            kwargs = {"truncation": True, "max_length": limit}
-        enc = self.tokenizer(list(lefts), list(rights), add_special_tokens=True, verbose=False, **kwargs)
+        enc = self.tokenizer(list(lefts), list(rights), add_special_tokens=True, truncation=False, verbose=False)
+        lengths = [len(ids) for ids in enc["input_ids"]]
+        if limit is not None and any(n > limit for n in lengths):
+            enc = self.tokenizer(list(lefts), list(rights), add_special_tokens=True, truncation=True,
+                                 max_length=limit, verbose=False)
         types = enc.get("token_type_ids")
         result = [
-            TokenizedPrompt(list(ids), list(types[i]) if types is not None else None)
+            TokenizedPrompt(list(ids), list(types[i]) if types is not None else None, num_input_tokens=lengths[i])
             for i, ids in enumerate(enc["input_ids"])
         ]
         self.check(result)

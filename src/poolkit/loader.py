@@ -11,7 +11,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -25,6 +25,9 @@ from .config import (
     is_encoder_only,
     resolve_task,
 )
+
+if TYPE_CHECKING:
+    from .settings import EngineArgs
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +112,7 @@ def read_sentence_transformers(files: CheckpointFiles) -> dict[str, Any]:
                 mode = active[0] if active else "MEAN"
             mode = {"cls": "CLS", "mean": "MEAN", "lasttoken": "LAST"}.get(str(mode).lower(), str(mode))
             found["pooler"] = PoolerConfig(pooling_type=mode, normalize=False)
+            found["include_prompt"] = bool(cfg.get("include_prompt", True))
         elif kind == "Normalize":
             found["normalize"] = True
         elif kind == "Dense":
@@ -175,7 +179,7 @@ def build_model_config(
 
     st = read_sentence_transformers(files) if resolved_task in ("embed", "encode") else {}
     layers: dict[str, PoolerConfig] = {"task": TASK_DEFAULT_POOLERS[resolved_task]}
-    head = "none"
+    head: Literal["none", "sequence", "decoder_score", "token"] = "none"
     if resolved_task in ("classify", "score"):
         head = "sequence"  # refined to "decoder_score" once the module is loaded
     elif resolved_task == "reward" and architecture_kind(architecture) == "token":
@@ -233,6 +237,7 @@ def build_model_config(
         do_lower_case=st.get("do_lower_case", False),
         prompts=st.get("prompts", {}),
         default_prompt_name=st.get("default_prompt_name"),
+        include_prompt=st.get("include_prompt", True),
         is_sentence_transformer=bool(st),
         trust_remote_code=trust_remote_code,
     )
@@ -282,3 +287,21 @@ def resolve_activation(qualified_name: str) -> nn.Module:
     if not qualified_name.startswith("torch.nn") or not hasattr(nn, class_name):
         raise ValueError(f"Unsupported Dense activation {qualified_name!r}")
     return getattr(nn, class_name)()
+
+
+def load_model_config_and_tokenizer(args: EngineArgs) -> tuple[ModelConfig, Any]:
+    """The resolved model config and the tokenizer for ``args`` (no weights are loaded)."""
+    model_path = resolve_model_path(args.model)
+    tokenizer = load_tokenizer(model_path, args.trust_remote_code)
+    tokenizer_limit = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else None
+    model_config = build_model_config(
+        args.model,
+        task=args.task,
+        override_pooler_config=args.override_pooler_config,
+        hf_overrides=args.hf_overrides,
+        trust_remote_code=args.trust_remote_code,
+        max_model_len=args.max_model_len,
+        served_model_name=args.served_name,
+        tokenizer_max_length=tokenizer_limit,
+    )
+    return model_config, tokenizer

@@ -1,48 +1,90 @@
-"""Output objects returned by the offline API (shaped like vLLM's)."""
+"""Output objects of every front-end (shaped like vLLM's), backed by float32 NumPy arrays.
+
+The task layer builds them; the offline API returns them as they are, and the
+server and integrations read the arrays (``numpy()``) without ever touching
+torch. vLLM's attributes are kept: ``EmbeddingOutput.embedding`` and
+``ClassificationOutput.probs`` are lists of floats, ``PoolingOutput.data`` is a
+``torch.Tensor`` (sharing the array's memory).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from functools import cached_property
+from typing import TYPE_CHECKING, Generic, TypeVar
 
-import torch
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 T = TypeVar("T")
 
 
-@dataclass
+@dataclass(eq=False)
 class PoolingOutput:
     """Raw pooler output: a vector, a (tokens × dim) matrix, or class scores."""
 
-    data: torch.Tensor
+    array: np.ndarray
+
+    @property
+    def data(self) -> torch.Tensor:
+        """The output as a tensor (vLLM's attribute; shares memory with :meth:`numpy`)."""
+        import torch
+
+        return torch.from_numpy(self.array)
+
+    def numpy(self) -> np.ndarray:
+        return self.array
 
     def __repr__(self) -> str:
-        return f"PoolingOutput(data=tensor(shape={tuple(self.data.shape)}, dtype={self.data.dtype}))"
+        return f"PoolingOutput(data=array(shape={tuple(self.array.shape)}, dtype={self.array.dtype}))"
 
 
-@dataclass
+@dataclass(eq=False)
 class EmbeddingOutput:
-    embedding: list[float]
+    """One embedding vector."""
+
+    array: np.ndarray
+
+    @cached_property
+    def embedding(self) -> list[float]:
+        return self.array.tolist()
 
     @property
     def hidden_size(self) -> int:
-        return len(self.embedding)
+        return int(self.array.shape[-1])
+
+    def numpy(self) -> np.ndarray:
+        """The vector as float32 (no copy)."""
+        return self.array
 
     def __repr__(self) -> str:
-        head = ", ".join(f"{x:.4f}" for x in self.embedding[:4])
+        head = ", ".join(f"{x:.4f}" for x in self.array[:4])
         return f"EmbeddingOutput(hidden_size={self.hidden_size}, embedding=[{head}, ...])"
 
 
-@dataclass
+@dataclass(eq=False)
 class ClassificationOutput:
-    probs: list[float]
+    """Class probabilities (or raw logits when activation is off) and the best label."""
+
+    array: np.ndarray
+    label: str | None = None
+
+    @cached_property
+    def probs(self) -> list[float]:
+        return self.array.tolist()
 
     @property
     def num_classes(self) -> int:
-        return len(self.probs)
+        return int(self.array.size)
+
+    def numpy(self) -> np.ndarray:
+        return self.array
 
     def __repr__(self) -> str:
-        return f"ClassificationOutput(num_classes={self.num_classes}, probs={[round(p, 4) for p in self.probs]})"
+        return (f"ClassificationOutput(num_classes={self.num_classes}, label={self.label!r}, "
+                f"probs={[round(p, 4) for p in self.probs]})")
 
 
 @dataclass
@@ -53,19 +95,34 @@ class ScoringOutput:
         return f"ScoringOutput(score={self.score:.6f})"
 
 
-@dataclass
+@dataclass(eq=False)
 class RequestOutput(Generic[T]):
-    """One prompt's result: ``outputs`` holds the task-specific payload."""
+    """One prompt's result: ``outputs`` holds the task-specific payload.
+
+    ``prompt_token_ids`` are the tokens that ran (after truncation);
+    ``num_input_tokens`` counts the prompt's tokens before truncation, so
+    ``truncated`` tells whether it was cut without tokenizing again.
+    """
 
     request_id: str
     prompt_token_ids: list[int]
     outputs: T
+    num_input_tokens: int = -1
     finished: bool = True
 
+    def __post_init__(self) -> None:
+        if self.num_input_tokens < 0:
+            self.num_input_tokens = len(self.prompt_token_ids)
+
+    @property
+    def truncated(self) -> bool:
+        return self.num_input_tokens > len(self.prompt_token_ids)
+
     def __repr__(self) -> str:
+        cut = f", truncated from {self.num_input_tokens}" if self.truncated else ""
         return (
             f"{type(self).__name__}(request_id={self.request_id!r}, "
-            f"prompt_tokens={len(self.prompt_token_ids)}, outputs={self.outputs!r})"
+            f"prompt_tokens={len(self.prompt_token_ids)}{cut}, outputs={self.outputs!r})"
         )
 
 

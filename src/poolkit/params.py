@@ -6,7 +6,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .config import ModelConfig
+    from .config import ModelConfig, PoolerConfig
 
 # Which PoolingParams fields make sense for which method.
 _APPLICABLE: dict[str, frozenset[str]] = {
@@ -30,6 +30,15 @@ def matryoshka_dimension_unsupported(name: str, dims: list[int]) -> str:
         f'Model "{name}" only supports {dims} matryoshka dimensions, '
         "use other output dimensions will lead to poor results."
     )
+
+
+@dataclass(frozen=True)
+class HeadOptions:
+    """The effective per-prompt head settings: the pooler's defaults with the request's PoolingParams over them."""
+
+    normalize: bool
+    activation: bool
+    dimensions: int | None
 
 
 @dataclass(frozen=True)
@@ -75,3 +84,25 @@ class PoolingParams:
                 raise ValueError(
                     f"Dimensions must be at most the model's embedding size ({model_config.embedding_dim})"
                 )
+
+    def resolve(self, method: str, model_config: ModelConfig) -> HeadOptions:
+        """Check these params for ``method`` (``ValueError`` otherwise) and merge them over the pooler's defaults."""
+        self.verify(method, model_config)
+        pooler: PoolerConfig = model_config.pooler_config
+        return HeadOptions(
+            normalize=bool(pooler.normalize if self.normalize is None else self.normalize),
+            activation=bool(pooler.activation if self.activation is None else self.activation),
+            dimensions=self.dimensions if self.dimensions is not None else pooler.dimensions,
+        )
+
+
+def check_truncate_prompt_tokens(value: int | None) -> None:
+    """``None`` (never cut), ``-1`` (the model's limit) or a positive number of tokens; ``ValueError`` otherwise.
+
+    The model-independent half of the check (used when a front-end is configured); the engine also
+    checks the value against the model's limit per request.
+    """
+    if value is None or value == -1:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError("truncate_prompt_tokens must be -1 (the model's limit) or a positive number of tokens")

@@ -8,7 +8,6 @@ padding side of the tokenizer never matters. All maths runs in float32.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -16,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig, PoolerConfig, PoolingType
-from .params import PoolingParams
+from .inputs import TokenizedPrompt
+from .params import HeadOptions
 
 Activation = Literal["softmax", "sigmoid", "identity"]
 
@@ -41,17 +41,28 @@ def apply_activation(logits: torch.Tensor, activation: Activation) -> torch.Tens
     return logits
 
 
-def pool_sequences(states: torch.Tensor, lengths: torch.Tensor, pooling_type: PoolingType) -> torch.Tensor:
-    """Reduce right-padded ``(B, L, D)`` states to ``(B, D)`` using true lengths."""
+def pool_sequences(
+    states: torch.Tensor, lengths: torch.Tensor, pooling_type: PoolingType, starts: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Reduce right-padded ``(B, L, D)`` states to ``(B, D)`` using true lengths.
+
+    ``starts``: per row, the first token to pool (tokens before it are a prompt
+    that pooling leaves out; CLS then takes the first token after the prompt, as
+    sentence-transformers does).
+    """
     states = states.float()
+    rows = torch.arange(states.shape[0], device=states.device)
     if pooling_type is PoolingType.CLS:
-        return states[:, 0]
+        return states[:, 0] if starts is None else states[rows, starts]
     if pooling_type is PoolingType.LAST:
-        return states[torch.arange(states.shape[0], device=states.device), lengths - 1]
+        return states[rows, lengths - 1]
     if pooling_type is PoolingType.MEAN:
-        positions = torch.arange(states.shape[1], device=states.device)
-        mask = (positions[None, :] < lengths[:, None]).unsqueeze(-1).to(states.dtype)
-        return (states * mask).sum(dim=1) / lengths[:, None].to(states.dtype)
+        positions = torch.arange(states.shape[1], device=states.device)[None, :]
+        keep = positions < lengths[:, None]
+        if starts is not None:
+            keep &= positions >= starts[:, None]
+        mask = keep.unsqueeze(-1).to(states.dtype)
+        return (states * mask).sum(dim=1) / mask.sum(dim=1)
     raise ValueError(f"{pooling_type.value} pooling yields per-token outputs, not one vector")
 
 
@@ -76,15 +87,6 @@ def pool_tokens(
     return out
 
 
-@dataclass(frozen=True)
-class HeadOptions:
-    """The effective per-request head settings (pooler defaults + PoolingParams)."""
-
-    normalize: bool
-    activation: bool
-    dimensions: int | None
-
-
 class Pooler(nn.Module):
     """Pooling type + optional Dense stack + head, built from the resolved PoolerConfig."""
 
@@ -104,21 +106,15 @@ class Pooler(nn.Module):
     def per_token(self) -> bool:
         return self.pooling_type in (PoolingType.ALL, PoolingType.STEP)
 
-    def options(self, params: PoolingParams) -> HeadOptions:
-        return HeadOptions(
-            normalize=self.config.normalize if params.normalize is None else params.normalize,
-            activation=self.config.activation if params.activation is None else params.activation,
-            dimensions=params.dimensions if params.dimensions is not None else self.config.dimensions,
-        )
-
     def forward(
         self,
         states: torch.Tensor,
         lengths: torch.Tensor,
-        input_ids: Sequence[Sequence[int]],
+        prompts: Sequence[TokenizedPrompt],
         options: Sequence[HeadOptions],
     ) -> list[torch.Tensor]:
         """Pooled, head-applied results for one batch, moved to CPU."""
+        input_ids = [p.input_ids for p in prompts]
         if self.model_config.head == "sequence":
             pooled = states.float()  # (B, num_labels) logits straight from the HF head
             return [self._activate(row, opt) for row, opt in zip(pooled.cpu(), options)]
@@ -126,7 +122,10 @@ class Pooler(nn.Module):
             step_tag = self.config.step_tag_id if self.pooling_type is PoolingType.STEP else None
             rows = pool_tokens(states, lengths, input_ids, self.pooling_type, step_tag, self.config.returned_token_ids)
             return [self._token_head(row.cpu(), opt) for row, opt in zip(rows, options)]
-        pooled = pool_sequences(states, lengths, self.pooling_type)
+        starts = None
+        if any(p.pool_start for p in prompts):
+            starts = torch.tensor([p.pool_start for p in prompts], device=states.device)
+        pooled = pool_sequences(states, lengths, self.pooling_type, starts)
         if self.dense is not None:
             pooled = self.dense(pooled.to(next(self.dense.parameters()).dtype)).float()
         if self.score_head is not None:
@@ -147,12 +146,3 @@ class Pooler(nn.Module):
         if opt.dimensions is not None:
             vector = vector[: opt.dimensions]  # Matryoshka: truncate first, then re-normalize
         return F.normalize(vector, p=2, dim=-1) if opt.normalize else vector
-
-
-def cosine_scores(left: Sequence[torch.Tensor], right: Sequence[torch.Tensor]) -> list[float]:
-    """Pairwise cosine similarity of two equally long lists of vectors."""
-    if not left:
-        return []
-    a = torch.stack([t.float() for t in left])
-    b = torch.stack([t.float() for t in right])
-    return F.cosine_similarity(a, b, dim=-1).tolist()

@@ -14,7 +14,6 @@ import functools
 import inspect
 import itertools
 import logging
-import os
 import platform
 from collections.abc import Callable, Sequence
 
@@ -65,19 +64,18 @@ def cpu_has_native_bf16() -> bool:
     return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
 
 
-def select_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+def select_dtype(dtype: str | torch.dtype, device: torch.device, cpu_dtype: str = "auto") -> torch.dtype:
     """``auto``: bf16 on GPUs (fp16 without bf16) and on CPUs with native bf16; else float32.
 
-    ``POOLKIT_CPU_DTYPE`` overrides the CPU choice of ``auto``.
+    ``cpu_dtype`` says what ``auto`` means on a CPU (``auto``, or a dtype name).
     """
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        forced = os.environ.get("POOLKIT_CPU_DTYPE")
-        if forced:
-            return select_dtype(forced, device)
+        if cpu_dtype != "auto":
+            return select_dtype(cpu_dtype, device)
         return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     try:
         return _DTYPES[str(dtype).lower()]
@@ -96,29 +94,11 @@ def length_buckets(max_len: int) -> list[int]:
     return buckets
 
 
-def _switch(name: str, value: bool | str | None, env: str, default: str) -> bool | None:
-    """An ``on``/``off``/``auto`` option (``None``: from ``env``, else ``default``); ``auto`` → ``None``."""
-    value = os.environ.get(env, default) if value is None else value
-    if isinstance(value, bool):
-        return value
-    value = str(value).lower()
-    if value in ("1", "true", "on", "yes"):
-        return True
-    if value in ("0", "false", "off", "no"):
-        return False
-    if value != "auto":
-        raise ValueError(f"{name} must be auto, on or off; got {value!r}")
-    return None
-
-
-def resolve_compile(compile_mode: bool | str | None, device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether to ``torch.compile``: ``on``/``off``, or ``auto`` = bf16 on CPUs with native bf16.
-
-    Unset, ``POOLKIT_COMPILE`` decides (default ``off``: compiling costs tens of
-    seconds on first start, which short jobs and tests should not pay).
-    """
-    choice = _switch("compile", compile_mode, "POOLKIT_COMPILE", "off")
-    return device.type == "cpu" and dtype == torch.bfloat16 if choice is None else choice
+def resolve_compile(choice: str, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether to ``torch.compile``: ``on``/``off``, or ``auto`` = bf16 on CPUs with native bf16."""
+    if choice == "auto":
+        return device.type == "cpu" and dtype == torch.bfloat16
+    return choice == "on"
 
 
 # transformers activation classes that oneDNN can fuse into the preceding matmul.
@@ -171,11 +151,6 @@ def prepack_cpu_linears(model: nn.Module) -> int:
     return count
 
 
-def resolve_packing(packing: bool | str | None) -> bool | None:
-    """``on``/``off``/``auto`` (default, env ``POOLKIT_PACKING``): ``None`` means decide per model."""
-    return _switch("packing", packing, "POOLKIT_PACKING", "auto")
-
-
 def position_offset(model: nn.Module) -> int:
     """Where position ids start: RoBERTa-style embeddings count from ``padding_idx + 1``, the rest from 0."""
     embeddings = getattr(getattr(model, "base_model", model), "embeddings", None)
@@ -224,7 +199,8 @@ class ModelRunner:
         max_model_len: int,
         pad_token_id: int = 0,
         compile_model: bool = False,
-        packing: bool | None = None,
+        packing: str = "auto",
+        cpu_prepack: bool = True,
     ) -> None:
         self.model = model.to(device=device, dtype=dtype)
         self.device = device
@@ -234,7 +210,7 @@ class ModelRunner:
         self.accepts_token_types = "token_type_ids" in inspect.signature(model.forward).parameters
         self.compiled = compile_model
         self.prepacked_linears = 0
-        if device.type == "cpu" and not compile_model and os.environ.get("POOLKIT_CPU_PREPACK", "1") != "0":
+        if device.type == "cpu" and not compile_model and cpu_prepack:
             self.prepacked_linears = prepack_cpu_linears(self.model)
         self.position_offset = position_offset(self.model)
         self._pin = device.type == "cuda"
@@ -242,8 +218,8 @@ class ModelRunner:
         self.packing = False
         self._packed_model: nn.Module = self.model
         self._packed_head: Callable[[torch.Tensor], torch.Tensor] | None = None
-        if packing is not False and not compile_model:
-            self.packing = self._enable_packing(required=packing is True)
+        if packing != "off" and not compile_model:
+            self.packing = self._enable_packing(required=packing == "on")
         if compile_model:
             # Static sequence length per bucket keeps attention kernels specialised;
             # the batch dimension is marked dynamic so row counts don't recompile.
@@ -281,7 +257,7 @@ class ModelRunner:
             try:
                 model.set_attn_implementation(attention.register())
                 reason = self._probe_packing()
-            except Exception as exc:  # noqa: BLE001 - any failure means: stay padded
+            except Exception as exc:
                 reason = f"the packed probe failed: {exc}"
             if reason is not None:
                 model.set_attn_implementation(previous)

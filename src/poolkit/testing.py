@@ -60,7 +60,7 @@ def build_wordpiece_tokenizer(path: Path, texts: Iterable[str] = (), vocab_size:
 
 def build_bpe_tokenizer(path: Path, texts: Iterable[str] = (), vocab_size: int = 400, step_tag: str | None = None) -> Any:
     """A byte-level BPE tokenizer for decoders: <s> prefix, no pad token of its own."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<unk>", "<s>", "</s>"] + ([step_tag] if step_tag else [])
@@ -160,6 +160,8 @@ def add_sentence_transformers_files(
     max_seq_length: int = 128,
     do_lower_case: bool = False,
     prompts: dict[str, str] | None = None,
+    default_prompt_name: str | None = None,
+    include_prompt: bool = True,
 ) -> Path:
     """Turn a saved base checkpoint into a Sentence-Transformers model, using ST's own writer."""
     from sentence_transformers import SentenceTransformer
@@ -168,13 +170,13 @@ def add_sentence_transformers_files(
     path = Path(path)
     transformer = models.Transformer(str(path), max_seq_length=max_seq_length, do_lower_case=do_lower_case)
     dim = transformer.get_embedding_dimension()
-    modules: list[Any] = [transformer, models.Pooling(dim, pooling_mode=pooling)]
+    modules: list[Any] = [transformer, models.Pooling(dim, pooling_mode=pooling, include_prompt=include_prompt)]
     if dense_out:
         torch.manual_seed(1)
         modules.append(models.Dense(dim, dense_out, activation_function=torch.nn.Tanh()))
     if normalize:
         modules.append(models.Normalize())
-    st = SentenceTransformer(modules=modules, device="cpu", prompts=prompts)
+    st = SentenceTransformer(modules=modules, device="cpu", prompts=prompts, default_prompt_name=default_prompt_name)
     st.save(str(path))
     return path
 

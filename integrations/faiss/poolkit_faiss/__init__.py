@@ -30,8 +30,8 @@ from .store import SearchResult, VectorIndex, recall_at_k
 __version__ = "0.1.0"
 
 __all__ = [
-    "BudgetError",
     "CODECS",
+    "BudgetError",
     "Codec",
     "IndexPlan",
     "ModelInfo",

@@ -86,25 +86,44 @@ def embed_texts(
     dimension: int | None = None,
     *,
     truncate_prompt_tokens: int | None = -1,
+    prompt_name: str | None = None,
+    prompt: str | None = None,
 ) -> np.ndarray:
-    """Embed ``texts`` with the engine: ``(len(texts), dimension)`` float32, normalized.
+    """Embed ``texts`` with ``LLM.embed``: ``(len(texts), dimension)`` float32, normalized.
 
     ``truncate_prompt_tokens=-1`` (the default here) cuts texts longer than the
     model limit to that limit instead of raising: corpora have long passages.
-    Pass ``None`` to get the engine's error for over-long texts instead.
+    How many were cut is logged (a warning, from the engine's own count). Pass
+    ``None`` to get the engine's error for over-long texts instead.
+
+    ``prompt_name`` / ``prompt`` are ``LLM.embed``'s: a Sentence-Transformers prompt
+    of the model (e.g. ``"document"`` for passages, ``"query"`` for questions) or a
+    prompt text. Without either the model's default prompt applies, as in
+    ``SentenceTransformer.encode``. The engine applies the prompt, so models that
+    pool without the prompt's tokens get the same vectors as Sentence-Transformers.
     """
-    import torch
     from poolkit import PoolingParams
 
     full = int(llm.model_config.embedding_dim)
     dimension = dimension or full
-    params = PoolingParams(dimensions=dimension) if dimension < full else None
     if not texts:
         return np.zeros((0, dimension), dtype=np.float32)
-    outputs = llm.encode(
-        list(texts), pooling_params=params, truncate_prompt_tokens=truncate_prompt_tokens, use_tqdm=False
+    # The engine truncates Matryoshka vectors itself (and refuses for models without support).
+    params = PoolingParams(dimensions=dimension) if dimension < full else None
+    outputs = llm.embed(
+        list(texts),
+        pooling_params=params,
+        truncate_prompt_tokens=truncate_prompt_tokens,
+        use_tqdm=False,
+        prompt_name=prompt_name,
+        prompt=prompt,
     )
-    x = torch.stack([o.outputs.data for o in outputs]).to(torch.float32).cpu().numpy()
+    truncated = sum(o.truncated for o in outputs)
+    if truncated:
+        logger.warning("%d of %d texts were longer than %s and were truncated (truncate_prompt_tokens=%s)",
+                       truncated, len(outputs), "the model's limit" if truncate_prompt_tokens == -1
+                       else f"{truncate_prompt_tokens} tokens", truncate_prompt_tokens)
+    x = np.stack([o.outputs.numpy() for o in outputs])
     return prepare_vectors(x, dimension, matryoshka=False, model_name=llm.model_config.served_model_name)
 
 

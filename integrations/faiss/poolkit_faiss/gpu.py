@@ -25,7 +25,7 @@ def gpu_count() -> int:
     get = getattr(faiss, "get_num_gpus", None)
     try:
         return int(get()) if get is not None else 0
-    except Exception:  # noqa: BLE001 - a broken CUDA setup means "no GPU"
+    except Exception:
         return 0
 
 
@@ -44,6 +44,6 @@ def to_gpu(index: Any, layout: str, codec: str) -> Any | None:
         options = faiss.GpuMultipleClonerOptions()
         options.shard = True
         return faiss.index_cpu_to_all_gpus(index, co=options)
-    except Exception as exc:  # noqa: BLE001 - fall back to the CPU index
+    except Exception as exc:
         logger.warning("could not move the %s/%s index to the GPU (%s); using the CPU", layout, codec, exc)
         return None

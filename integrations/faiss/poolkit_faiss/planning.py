@@ -67,7 +67,7 @@ Prefer = Literal["truncate", "quantize"]
 # ---------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _factory_supported(spec: str) -> bool:
     """Whether this faiss build understands ``spec`` (e.g. RaBitQ needs faiss >= 1.13)."""
     try:
@@ -75,7 +75,7 @@ def _factory_supported(spec: str) -> bool:
 
         faiss.index_factory(64, spec, faiss.METRIC_INNER_PRODUCT)
         return True
-    except Exception:  # noqa: BLE001 - any failure means "not available here"
+    except Exception:
         return False
 
 

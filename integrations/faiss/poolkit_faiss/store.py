@@ -37,13 +37,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import faiss
+import faiss as _faiss
 import numpy as np
 from tqdm.auto import tqdm
 
 from . import gpu
 from .embedding import DEFAULT_BATCH_SIZE, batches, check_llm, embed_texts, prepare_vectors
 from .planning import IndexPlan, plan_index
+
+# faiss-cpu's bundled stubs lack the HNSW attributes used below: treat the module as untyped.
+faiss: Any = _faiss
 
 logger = logging.getLogger(__name__)
 
@@ -217,6 +220,8 @@ class VectorIndex:
         id_type: IdType | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         truncate_prompt_tokens: int | None = -1,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
         seed: int = 0,
         show_progress: bool | None = None,
         use_gpu: bool | None = None,
@@ -232,7 +237,11 @@ class VectorIndex:
         of full vectors is in memory at a time (plus the training sample).
 
         ``truncate_prompt_tokens=-1`` (default) cuts passages longer than the
-        model limit instead of failing on them.
+        model limit instead of failing on them. ``prompt_name`` / ``prompt``: the
+        Sentence-Transformers prompt the passages are embedded with, as in
+        ``LLM.embed`` (e.g. ``prompt_name="document"``; default: the model's
+        default prompt). Search with the matching query prompt
+        (``search_texts(..., prompt_name="query")``).
         """
         if plan is None:
             if memory_budget_bytes is None:
@@ -243,8 +252,12 @@ class VectorIndex:
         fids = store._new_fids(ids, len(texts))
 
         def embed(rows: np.ndarray) -> np.ndarray:
-            batch = [texts[i] for i in rows]
-            return embed_texts(llm, batch, plan.dimension, truncate_prompt_tokens=truncate_prompt_tokens)
+            return store.embed(
+                [texts[i] for i in rows],
+                truncate_prompt_tokens=truncate_prompt_tokens,
+                prompt_name=prompt_name,
+                prompt=prompt,
+            )
 
         rest = np.arange(len(texts))
         sample = store._training_rows(len(texts), seed)
@@ -423,15 +436,35 @@ class VectorIndex:
             raise ValueError("this VectorIndex has no llm; pass llm= when building or loading it")
         return self.llm
 
-    def embed(self, texts: Sequence[str], *, truncate_prompt_tokens: int | None = -1) -> np.ndarray:
-        """Embed texts with the index's model, at the index's dimension."""
+    def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        truncate_prompt_tokens: int | None = -1,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+    ) -> np.ndarray:
+        """Embed texts with the index's model, at the index's dimension (see :func:`embed_texts` for prompts)."""
         llm = self._require_llm()
-        return embed_texts(llm, list(texts), self.dimension, truncate_prompt_tokens=truncate_prompt_tokens)
+        return embed_texts(
+            llm,
+            list(texts),
+            self.dimension,
+            truncate_prompt_tokens=truncate_prompt_tokens,
+            prompt_name=prompt_name,
+            prompt=prompt,
+        )
 
     def add_texts(
-        self, texts: Sequence[str], ids: Sequence[Key] | None = None, *, batch_size: int = DEFAULT_BATCH_SIZE
+        self,
+        texts: Sequence[str],
+        ids: Sequence[Key] | None = None,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
     ) -> list[Key]:
-        """Embed (in batches) and :meth:`add` texts."""
+        """Embed (in batches, with the given document prompt) and :meth:`add` texts."""
         texts = list(texts)
         keys = None if ids is None else list(ids)
         if keys is not None:
@@ -439,15 +472,28 @@ class VectorIndex:
             self._new_fids(keys, len(texts))  # fail before embedding anything
         out: list[Key] = []
         for part in batches(len(texts), batch_size):
-            out += self.add(self.embed(texts[part]), None if keys is None else keys[part])
+            vectors = self.embed(texts[part], prompt_name=prompt_name, prompt=prompt)
+            out += self.add(vectors, None if keys is None else keys[part])
         return out
 
-    def upsert_texts(self, texts: Sequence[str], ids: Sequence[Key]) -> list[Key]:
-        return self.upsert(self.embed(list(texts)), ids)
+    def upsert_texts(
+        self, texts: Sequence[str], ids: Sequence[Key], *, prompt_name: str | None = None, prompt: str | None = None
+    ) -> list[Key]:
+        """Embed (with the given document prompt) and :meth:`upsert` texts."""
+        return self.upsert(self.embed(list(texts), prompt_name=prompt_name, prompt=prompt), ids)
 
-    def search_texts(self, texts: Sequence[str] | str, k: int = 10, **kwargs: Any) -> SearchResult:
+    def search_texts(
+        self,
+        texts: Sequence[str] | str,
+        k: int = 10,
+        *,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        **kwargs: Any,
+    ) -> SearchResult:
+        """Embed queries (with the given query prompt, e.g. ``prompt_name="query"``) and :meth:`search`."""
         texts = [texts] if isinstance(texts, str) else list(texts)
-        return self.search(self.embed(texts), k, **kwargs)
+        return self.search(self.embed(texts, prompt_name=prompt_name, prompt=prompt), k, **kwargs)
 
     # -- search ---------------------------------------------------------------
 
@@ -648,8 +694,8 @@ class VectorIndex:
         if self.id_type == "str":
             keys = [str(uuid.uuid4()) for _ in range(len(fids))] if ids is None else list(ids)
             for fid, key in zip(fids.tolist(), keys):
-                self._key_to_fid[key] = fid
-                self._fid_to_key[fid] = key
+                self._key_to_fid[str(key)] = fid
+                self._fid_to_key[fid] = str(key)
         new = np.sort(fids)
         self._live = np.insert(self._live, np.searchsorted(self._live, new), new)
         self._next_id = max(self._next_id, int(new[-1]) + 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import faiss
 import pytest
@@ -23,3 +24,18 @@ def _one_thread() -> Iterator[None]:
     yield
     faiss.omp_set_num_threads(faiss_before)
     torch.set_num_threads(torch_before)
+
+
+@pytest.fixture(scope="session")
+def prompted_llm(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A tiny Sentence-Transformers encoder with query/document prompts, Matryoshka dimensions, and pooling
+    that leaves the prompt's tokens out (so hand-prefixed texts give other vectors than the engine's prompts)."""
+    from poolkit import LLM
+    from poolkit.testing import add_sentence_transformers_files, build_tiny_checkpoint, write_config_overrides
+
+    path = build_tiny_checkpoint(tmp_path_factory.mktemp("faiss-prompted") / "model", "encoder", seed=5)
+    add_sentence_transformers_files(
+        path, pooling="mean", prompts={"query": "query: ", "document": "passage: "}, include_prompt=False
+    )
+    write_config_overrides(path, matryoshka_dimensions=[32, 16])
+    return LLM(str(path), dtype="float32")

@@ -99,7 +99,7 @@ def test_matryoshka_via_hf_overrides_for_measurement(texts: list[str]) -> None:
     small = plan_for("flat/fp32", 50, 256, model_dimension=384, matryoshka=True, model_name=plan.model_name)
     subset = _short(texts, 50)
     index = VectorIndex.from_texts(subset, llm, plan=small, show_progress=False)
-    full = llm.encode(subset[:3], truncate_prompt_tokens=-1, use_tqdm=False)
-    full_vectors = np.stack([o.outputs.data.numpy() for o in full])
+    full = llm.embed(subset[:3], truncate_prompt_tokens=-1, use_tqdm=False)
+    full_vectors = np.stack([o.outputs.numpy() for o in full])
     assert full_vectors.shape[1] == 384
     assert index.search(full_vectors, 1).ids[:, 0].tolist() == [0, 1, 2]  # 384-d queries truncated like the corpus

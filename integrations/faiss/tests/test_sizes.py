@@ -9,6 +9,8 @@ import pytest
 from poolkit_faiss import CODECS, VectorIndex, clustered_vectors, plan_for
 from poolkit_faiss.planning import CODEC_BY_NAME
 
+pytestmark = pytest.mark.unit
+
 N = 20_000
 
 FAMILIES = (

@@ -19,6 +19,8 @@ from poolkit_faiss import (
     quantize_int8,
 )
 
+pytestmark = pytest.mark.unit
+
 N, D = 2_000, 32
 LAYOUTS = ["flat/fp32", "flat/sq8", "hnsw/fp32", "ivf/fp32", "ivf/sq8", "ivf/pqfs8"]
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"

@@ -18,11 +18,11 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
-    "PoolkitEmbeddings",
-    "PoolkitReranker",
-    "PoolkitFAISS",
-    "PoolkitServerError",
     "PoolkitBadRequestError",
+    "PoolkitEmbeddings",
+    "PoolkitFAISS",
+    "PoolkitReranker",
+    "PoolkitServerError",
 ]
 
 

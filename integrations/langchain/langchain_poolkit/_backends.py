@@ -1,29 +1,53 @@
 """Where the vectors and scores come from: an in-process ``poolkit.LLM`` or a ``poolkit serve`` URL.
 
-Both backends expose the same four calls (``embed``/``aembed``,
-``score``/``ascore``) on plain Python lists, so the LangChain classes above
-them never see torch, the engine or HTTP. Async calls never block the event
-loop: the in-process engine runs in a worker thread, the server is reached
-with ``httpx.AsyncClient``.
+Both backends expose the same calls on plain Python values (``embed``/``aembed``,
+``score``/``ascore``, and ``prompt_source``/``aprompt_source`` for the model's
+Sentence-Transformers prompts), so the LangChain classes above them never see
+torch, the engine or HTTP. Async calls never block the event loop: the
+in-process engine runs in a worker thread, the server is reached with
+``httpx.AsyncClient``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
+import dataclasses
 import logging
 import threading
 import time
 import weakref
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import httpx
 
 if TYPE_CHECKING:
     from poolkit import LLM
+    from poolkit.config import ModelConfig
 
 logger = logging.getLogger("langchain_poolkit")
+
+
+@dataclass(frozen=True)
+class EmbedOptions:
+    """What one embedding call asks of the engine; every chunk of the call shares it.
+
+    ``prompt`` / ``prompt_name`` are passed on as they are (at most one is set): the
+    engine or server applies the prompt, exactly as ``LLM.embed`` does.
+    """
+
+    dimensions: int | None = None
+    truncate_prompt_tokens: int | None = -1
+    prompt: str | None = None
+    prompt_name: str | None = None
+
+
+class Embedded(NamedTuple):
+    """One chunk's vectors, and how many of its texts were cut (as the engine or server reported it)."""
+
+    vectors: list[list[float]]
+    truncated: int
+
 
 # -- in-process -------------------------------------------------------------
 
@@ -43,10 +67,14 @@ def engine_lock(llm: Any) -> threading.Lock:
 
 
 def llm_init_parameters() -> set[str]:
-    """Keyword arguments ``poolkit.LLM`` accepts (besides ``model``)."""
-    from poolkit import LLM
+    """Keyword arguments ``poolkit.LLM`` accepts besides ``model``: the fields of ``EngineArgs``.
 
-    return {n for n in inspect.signature(LLM.__init__).parameters if n not in ("self", "model")}
+    Read from the settings dataclass (the one declaration of them), so a new engine
+    setting is accepted here without a change.
+    """
+    from poolkit.settings import EngineArgs
+
+    return {f.name for f in dataclasses.fields(EngineArgs)} - {"model"}
 
 
 def load_llm(model: str | None, engine_kwargs: dict[str, Any]) -> LLM:
@@ -66,6 +94,7 @@ class LocalBackend:
     """Calls a ``poolkit.LLM`` in this process, one call at a time."""
 
     kind = "in-process"
+    prompts_known = True
 
     def __init__(self, llm: LLM) -> None:
         self.llm = llm
@@ -79,60 +108,50 @@ class LocalBackend:
     def max_model_len(self) -> int:
         return int(self.llm.model_config.max_model_len)
 
-    def _limit(self, truncate_prompt_tokens: int | None) -> int | None:
-        if truncate_prompt_tokens is None:
-            return None
-        return self.max_model_len if truncate_prompt_tokens == -1 else truncate_prompt_tokens
+    def prompt_source(self) -> ModelConfig:
+        """The engine's model config: its prompts and default prompt name."""
+        return self.llm.model_config
 
-    def _count_truncated(self, texts: Sequence[str], token_ids: Sequence[Sequence[int]], limit: int | None) -> int:
-        """How many ``texts`` were cut: only outputs exactly at the limit are re-tokenized to check."""
-        if limit is None:
-            return 0
-        candidates = [t for t, ids in zip(texts, token_ids) if len(ids) >= limit]
-        if not candidates:
-            return 0
-        tokenizer = self.llm.get_tokenizer()
-        if getattr(self.llm.model_config, "do_lower_case", False):
-            candidates = [t.lower() for t in candidates]
-        lengths = [len(ids) for ids in tokenizer(candidates, add_special_tokens=True, verbose=False)["input_ids"]]
-        return sum(n > limit for n in lengths)
+    async def aprompt_source(self) -> ModelConfig:
+        return self.prompt_source()
 
-    def embed(
-        self, texts: list[str], *, dimensions: int | None, truncate_prompt_tokens: int | None, use_tqdm: bool = False
-    ) -> tuple[list[list[float]], int]:
-        """Embeddings of ``texts`` and the number of texts that were truncated."""
+    def embed(self, texts: list[str], options: EmbedOptions, *, show_progress: bool = False) -> Embedded:
+        """Embeddings of ``texts``; the truncation count is the outputs' own ``truncated`` flags."""
+        from poolkit import PoolingParams
+
+        params = PoolingParams(dimensions=options.dimensions) if options.dimensions is not None else None
+        with self.lock:
+            outputs = self.llm.embed(
+                texts,
+                pooling_params=params,
+                truncate_prompt_tokens=options.truncate_prompt_tokens,
+                use_tqdm=show_progress,
+                prompt=options.prompt,
+                prompt_name=options.prompt_name,
+            )
+        return Embedded([out.outputs.numpy().tolist() for out in outputs], sum(out.truncated for out in outputs))
+
+    async def aembed(self, texts: list[str], options: EmbedOptions) -> Embedded:
+        return await asyncio.to_thread(self.embed, texts, options)
+
+    def score(self, query: str, documents: list[str], *, truncate_prompt_tokens: int | None,
+              dimensions: int | None = None) -> list[float]:
+        """One relevance score per document: ``LLM.score`` (cross-encoder pair score, or cosine;
+        ``dimensions``: the cosine of Matryoshka-truncated vectors)."""
+        if not documents:
+            return []
         from poolkit import PoolingParams
 
         params = PoolingParams(dimensions=dimensions) if dimensions is not None else None
         with self.lock:
-            outputs = self.llm.embed(
-                texts, pooling_params=params, truncate_prompt_tokens=truncate_prompt_tokens, use_tqdm=use_tqdm
-            )
-            # Under the lock too: the engine reconfigures the (Rust) tokenizer per call, which
-            # is not safe to share with another thread mid-call.
-            truncated = self._count_truncated(
-                texts, [out.prompt_token_ids for out in outputs], self._limit(truncate_prompt_tokens)
-            )
-        vectors = [[float(x) for x in out.outputs.embedding] for out in outputs]
-        return vectors, truncated
-
-    def score(self, query: str, documents: list[str], *, truncate_prompt_tokens: int | None) -> list[float]:
-        """One relevance score per document (cross-encoder logit/probability or cosine)."""
-        if not documents:
-            return []
-        with self.lock:
-            outputs = self.llm.score(query, documents, truncate_prompt_tokens=truncate_prompt_tokens, use_tqdm=False)
+            outputs = self.llm.score(query, documents, truncate_prompt_tokens=truncate_prompt_tokens, use_tqdm=False,
+                                     pooling_params=params)
         return [float(out.outputs.score) for out in outputs]
 
-    async def aembed(
-        self, texts: list[str], *, dimensions: int | None, truncate_prompt_tokens: int | None
-    ) -> tuple[list[list[float]], int]:
-        return await asyncio.to_thread(
-            self.embed, texts, dimensions=dimensions, truncate_prompt_tokens=truncate_prompt_tokens
-        )
-
-    async def ascore(self, query: str, documents: list[str], *, truncate_prompt_tokens: int | None) -> list[float]:
-        return await asyncio.to_thread(self.score, query, documents, truncate_prompt_tokens=truncate_prompt_tokens)
+    async def ascore(self, query: str, documents: list[str], *, truncate_prompt_tokens: int | None,
+                     dimensions: int | None = None) -> list[float]:
+        return await asyncio.to_thread(self.score, query, documents, truncate_prompt_tokens=truncate_prompt_tokens,
+                                       dimensions=dimensions)
 
     def describe(self) -> str:
         return f"in-process {self.model_name!r}"
@@ -155,6 +174,9 @@ class PoolkitBadRequestError(PoolkitServerError, ValueError):
 
 
 _RETRY_STATUS = frozenset({429, 502, 503, 504})
+MODELS_PATH = "/v1/models"
+EMBEDDINGS_PATH = "/v1/embeddings"
+RERANK_PATH = "/rerank"
 
 
 def _error_from_response(response: httpx.Response, url: str) -> PoolkitServerError:
@@ -166,7 +188,7 @@ def _error_from_response(response: httpx.Response, url: str) -> PoolkitServerErr
     except ValueError:
         body = None
     if isinstance(body, dict):
-        err = body.get("error") if isinstance(body.get("error"), dict) else body
+        err: dict[str, Any] = body["error"] if isinstance(body.get("error"), dict) else body
         if isinstance(err.get("message"), str):
             message, error_type = err["message"], err.get("type")
         elif "detail" in body:
@@ -185,12 +207,38 @@ def _error_from_response(response: httpx.Response, url: str) -> PoolkitServerErr
     return cls(text, status_code=status, error_type=error_type)
 
 
+@dataclass(frozen=True)
+class ServedModel:
+    """A served model's ``/v1/models`` card, as far as the client needs it.
+
+    ``prompts`` and ``default_prompt_name`` are what poolkit's prompt rules read, so the
+    same rules pick a query/document prompt for a served model as for a local one.
+    """
+
+    name: str
+    prompts: dict[str, str] = field(default_factory=dict)
+    default_prompt_name: str | None = None
+    max_model_len: int | None = None
+
+    @classmethod
+    def from_card(cls, card: dict[str, Any]) -> ServedModel:
+        limit = card.get("max_model_len")
+        return cls(
+            name=str(card.get("id")),
+            prompts={str(k): str(v) for k, v in (card.get("prompts") or {}).items()},
+            default_prompt_name=card.get("default_prompt_name"),
+            max_model_len=int(limit) if limit is not None else None,
+        )
+
+
 class RemoteBackend:
-    """Talks to ``poolkit serve``: ``POST /v1/embeddings`` and ``POST /rerank`` (Jina/Cohere shape).
+    """Talks to ``poolkit serve``: ``POST /v1/embeddings``, ``POST /rerank`` and, once, ``GET /v1/models``.
 
     A sync ``httpx.Client`` is kept for the instance; async calls open an
     ``httpx.AsyncClient`` per call (so an instance works across event loops).
     429/502/503/504 answers and connection errors are retried with backoff.
+    The model card (its prompts and length limit) is read lazily, on the first
+    call that needs it, so constructing a client never touches the network.
     """
 
     kind = "server"
@@ -216,10 +264,22 @@ class RemoteBackend:
             self.headers["Authorization"] = f"Bearer {api_key}"
         self._client: httpx.Client | None = None
         self._client_lock = threading.Lock()
+        self._card: ServedModel | None = None
+        self._card_lock = threading.Lock()
 
     @property
     def model_name(self) -> str:
         return self.model or "(server default)"
+
+    @property
+    def max_model_len(self) -> int | None:
+        """The served model's limit, once its card has been read (``None`` before)."""
+        return self._card.max_model_len if self._card is not None else None
+
+    @property
+    def prompts_known(self) -> bool:
+        """Whether the model card has been read (so asking for prompts needs no request)."""
+        return self._card is not None
 
     def describe(self) -> str:
         return f"server {self.base_url} model={self.model_name!r}"
@@ -248,67 +308,127 @@ class RemoteBackend:
                     pass
         return min(0.5 * 2**attempt, 8.0)
 
-    def _post(self, path: str, body: dict[str, Any]) -> Any:
-        url = self.base_url + path
-        for attempt in range(self.max_retries + 1):
-            last = attempt == self.max_retries
-            try:
-                response = self._sync_client().post(path, json=body)
-            except httpx.TransportError as exc:
-                if last:
-                    raise PoolkitServerError(f"could not reach poolkit server {url}: {exc}") from exc
-                time.sleep(self._delay(attempt, None))
-                continue
-            if response.status_code in _RETRY_STATUS and not last:
-                logger.debug("%s answered %s; retrying", url, response.status_code)
-                time.sleep(self._delay(attempt, response))
-                continue
-            if response.is_error:
-                raise _error_from_response(response, url)
-            return response.json()
-        raise AssertionError("unreachable")
+    def _retry_after_error(self, url: str, attempt: int, exc: httpx.TransportError) -> float:
+        """Seconds to wait before retrying a request that did not reach the server; raises once retries are spent."""
+        if attempt >= self.max_retries:
+            raise PoolkitServerError(f"could not reach poolkit server {url}: {exc}") from exc
+        return self._delay(attempt, None)
 
-    async def _apost(self, path: str, body: dict[str, Any]) -> Any:
+    def _retry_after_answer(self, url: str, attempt: int, response: httpx.Response) -> float | None:
+        """Seconds to wait before retrying this answer, or ``None`` when it is final (an error answer raises)."""
+        if response.status_code in _RETRY_STATUS and attempt < self.max_retries:
+            logger.debug("%s answered %s; retrying", url, response.status_code)
+            return self._delay(attempt, response)
+        if response.is_error:
+            raise _error_from_response(response, url)
+        return None
+
+    def _send(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """One request (with retries) on the instance's client; the answer's JSON."""
         url = self.base_url + path
+        attempt = 0
+        delay: float | None
+        while True:
+            try:
+                response = self._sync_client().request(method, path, json=body)
+            except httpx.TransportError as exc:
+                delay = self._retry_after_error(url, attempt, exc)
+            else:
+                delay = self._retry_after_answer(url, attempt, response)
+                if delay is None:
+                    return response.json()
+            time.sleep(delay)
+            attempt += 1
+
+    async def _asend(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """Async ``_send``, on a client of its own (bound to the running event loop)."""
+        url = self.base_url + path
+        attempt = 0
+        delay: float | None
         async with httpx.AsyncClient(base_url=self.base_url, headers=self.headers, timeout=self.timeout) as client:
-            for attempt in range(self.max_retries + 1):
-                last = attempt == self.max_retries
+            while True:
                 try:
-                    response = await client.post(path, json=body)
+                    response = await client.request(method, path, json=body)
                 except httpx.TransportError as exc:
-                    if last:
-                        raise PoolkitServerError(f"could not reach poolkit server {url}: {exc}") from exc
-                    await asyncio.sleep(self._delay(attempt, None))
-                    continue
-                if response.status_code in _RETRY_STATUS and not last:
-                    logger.debug("%s answered %s; retrying", url, response.status_code)
-                    await asyncio.sleep(self._delay(attempt, response))
-                    continue
-                if response.is_error:
-                    raise _error_from_response(response, url)
-                return response.json()
-        raise AssertionError("unreachable")
+                    delay = self._retry_after_error(url, attempt, exc)
+                else:
+                    delay = self._retry_after_answer(url, attempt, response)
+                    if delay is None:
+                        return response.json()
+                await asyncio.sleep(delay)
+                attempt += 1
+
+    # the model card ---------------------------------------------------------
+
+    def prompt_source(self) -> ServedModel:
+        """The served model's card, read from ``/v1/models`` on first use and kept."""
+        with self._card_lock:
+            if self._card is None:
+                try:
+                    payload = self._send("GET", MODELS_PATH)
+                except PoolkitServerError as exc:
+                    raise self._card_error(exc) from exc
+                self._card = self._pick_card(payload)
+            return self._card
+
+    async def aprompt_source(self) -> ServedModel:
+        """Async ``prompt_source``. Two first calls racing may both read the card; the answers are the same."""
+        if self._card is None:
+            try:
+                payload = await self._asend("GET", MODELS_PATH)
+            except PoolkitServerError as exc:
+                raise self._card_error(exc) from exc
+            self._card = self._pick_card(payload)
+        return self._card
+
+    def _card_error(self, exc: PoolkitServerError) -> PoolkitServerError:
+        """The same error, saying what it was needed for (the prompts decide the vectors)."""
+        return type(exc)(
+            f"could not read the served model's prompts from {self.base_url}{MODELS_PATH}: {exc}",
+            status_code=exc.status_code,
+            error_type=exc.error_type,
+        )
+
+    def _pick_card(self, payload: Any) -> ServedModel:
+        """The card of the requested model, or the server's first (the one it serves by default)."""
+        cards = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(cards, list) or not cards or not all(isinstance(c, dict) for c in cards):
+            raise PoolkitServerError(f"poolkit server {self.base_url}{MODELS_PATH} listed no models")
+        if not self.model:
+            return ServedModel.from_card(cards[0])
+        for card in cards:
+            if card.get("id") == self.model:
+                return ServedModel.from_card(card)
+        served = ", ".join(repr(c.get("id")) for c in cards)
+        raise PoolkitBadRequestError(
+            f"poolkit server {self.base_url} does not serve model {self.model!r}; it serves {served}", status_code=404
+        )
 
     # requests -------------------------------------------------------------
 
-    def _embed_body(self, texts: list[str], dimensions: int | None, truncate_prompt_tokens: int | None) -> dict:
+    def _embed_body(self, texts: list[str], options: EmbedOptions) -> dict[str, Any]:
+        optional = {
+            "model": self.model or None,
+            "dimensions": options.dimensions,
+            "truncate_prompt_tokens": options.truncate_prompt_tokens,
+            "prompt": options.prompt,  # "" is sent: it turns the model's default prompt off
+            "prompt_name": options.prompt_name,
+        }
         body: dict[str, Any] = {"input": texts, "encoding_format": "float"}
-        if self.model:
-            body["model"] = self.model
-        if dimensions is not None:
-            body["dimensions"] = dimensions
-        if truncate_prompt_tokens is not None:
-            body["truncate_prompt_tokens"] = truncate_prompt_tokens
+        body.update({key: value for key, value in optional.items() if value is not None})
         return body
 
     @staticmethod
-    def _parse_embeddings(payload: Any, n: int) -> list[list[float]]:
+    def _parse_embeddings(payload: Any, n: int) -> Embedded:
+        """Vectors in input order, and the server's count of inputs it cut (``usage.truncated_inputs``)."""
         data = sorted(payload["data"], key=lambda item: item["index"])
         if len(data) != n:
             raise PoolkitServerError(f"poolkit server returned {len(data)} embeddings for {n} inputs")
-        return [[float(x) for x in item["embedding"]] for item in data]
+        truncated = int((payload.get("usage") or {}).get("truncated_inputs") or 0)
+        return Embedded([[float(x) for x in item["embedding"]] for item in data], truncated)
 
-    def _rerank_body(self, query: str, documents: list[str], truncate_prompt_tokens: int | None) -> dict:
+    def _rerank_body(self, query: str, documents: list[str], truncate_prompt_tokens: int | None,
+                     dimensions: int | None) -> dict[str, Any]:
         body: dict[str, Any] = {
             "query": query,
             "documents": documents,
@@ -319,6 +439,8 @@ class RemoteBackend:
             body["model"] = self.model
         if truncate_prompt_tokens is not None:
             body["truncate_prompt_tokens"] = truncate_prompt_tokens
+        if dimensions is not None:
+            body["dimensions"] = dimensions
         return body
 
     @staticmethod
@@ -332,29 +454,27 @@ class RemoteBackend:
             )
         return scores  # type: ignore[return-value]
 
-    def embed(
-        self, texts: list[str], *, dimensions: int | None, truncate_prompt_tokens: int | None
-    ) -> tuple[list[list[float]], int]:
-        payload = self._post("/v1/embeddings", self._embed_body(texts, dimensions, truncate_prompt_tokens))
-        return self._parse_embeddings(payload, len(texts)), 0
+    def embed(self, texts: list[str], options: EmbedOptions, *, show_progress: bool = False) -> Embedded:
+        """``POST /v1/embeddings`` (``show_progress`` is for the in-process engine; a server shows none)."""
+        return self._parse_embeddings(self._send("POST", EMBEDDINGS_PATH, self._embed_body(texts, options)), len(texts))
 
-    async def aembed(
-        self, texts: list[str], *, dimensions: int | None, truncate_prompt_tokens: int | None
-    ) -> tuple[list[list[float]], int]:
-        payload = await self._apost("/v1/embeddings", self._embed_body(texts, dimensions, truncate_prompt_tokens))
-        return self._parse_embeddings(payload, len(texts)), 0
+    async def aembed(self, texts: list[str], options: EmbedOptions) -> Embedded:
+        payload = await self._asend("POST", EMBEDDINGS_PATH, self._embed_body(texts, options))
+        return self._parse_embeddings(payload, len(texts))
 
-    def score(self, query: str, documents: list[str], *, truncate_prompt_tokens: int | None) -> list[float]:
+    def score(self, query: str, documents: list[str], *, truncate_prompt_tokens: int | None,
+              dimensions: int | None = None) -> list[float]:
         if not documents:
             return []
-        payload = self._post("/rerank", self._rerank_body(query, documents, truncate_prompt_tokens))
-        return self._parse_rerank(payload, len(documents))
+        body = self._rerank_body(query, documents, truncate_prompt_tokens, dimensions)
+        return self._parse_rerank(self._send("POST", RERANK_PATH, body), len(documents))
 
-    async def ascore(self, query: str, documents: list[str], *, truncate_prompt_tokens: int | None) -> list[float]:
+    async def ascore(self, query: str, documents: list[str], *, truncate_prompt_tokens: int | None,
+                     dimensions: int | None = None) -> list[float]:
         if not documents:
             return []
-        payload = await self._apost("/rerank", self._rerank_body(query, documents, truncate_prompt_tokens))
-        return self._parse_rerank(payload, len(documents))
+        body = self._rerank_body(query, documents, truncate_prompt_tokens, dimensions)
+        return self._parse_rerank(await self._asend("POST", RERANK_PATH, body), len(documents))
 
 
 Backend = LocalBackend | RemoteBackend

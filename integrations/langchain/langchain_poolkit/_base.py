@@ -65,14 +65,10 @@ class PoolkitClientBase(BaseModel):
 
     @model_validator(mode="after")
     def _build_backend(self) -> PoolkitClientBase:
-        if (
-            self.truncate_prompt_tokens is not None
-            and self.truncate_prompt_tokens != -1
-            and self.truncate_prompt_tokens < 1
-        ):
-            raise ValueError(
-                "truncate_prompt_tokens must be -1 (the model's limit), a positive number of tokens, or None"
-            )
+        from poolkit.params import check_truncate_prompt_tokens
+
+        # Checked here too (not only by the engine) so that a bad value fails at construction, also in server mode.
+        check_truncate_prompt_tokens(self.truncate_prompt_tokens)
         if self.base_url is not None:
             if self.llm is not None:
                 raise ValueError("Pass either llm= (in-process) or base_url= (server), not both")

@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from langchain_core.embeddings import Embeddings
 from pydantic import Field, PrivateAttr, model_validator
 
-from ._backends import LocalBackend
+from ._backends import Embedded, EmbedOptions, LocalBackend
 from ._base import PoolkitClientBase
+from ._prompts import ROLES, RequestPrompt, Role, explicit_prompt, model_prompt
 
 logger = logging.getLogger("langchain_poolkit")
 
-# Sentence-Transformers' encode_document() looks for these prompt names, in order.
-DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")
-QUERY_PROMPT_NAME = "query"
+
+def _checked_texts(texts: Iterable[str]) -> list[str]:
+    """``texts`` as a list, with a clear ``TypeError`` for a non-string (LangChain passes anything along)."""
+    texts = list(texts)
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"Text {index} must be a str, got {type(text).__name__}")
+    return texts
 
 
 class PoolkitEmbeddings(PoolkitClientBase, Embeddings):
@@ -29,13 +36,15 @@ class PoolkitEmbeddings(PoolkitClientBase, Embeddings):
         PoolkitEmbeddings(llm=existing_llm)                   # share an engine already loaded
         PoolkitEmbeddings(base_url="http://127.0.0.1:8000", api_key="...", model="served-name")
 
-    Queries and documents may get different prefixes: ``query_instruction`` /
+    Queries and documents may get different prompts: ``query_instruction`` /
     ``document_instruction`` set them explicitly; otherwise the model's
     Sentence-Transformers ``prompts`` are used like ``SentenceTransformer.encode_query``
     (prompt ``"query"``) and ``encode_document`` (``"document"``, ``"passage"`` or
-    ``"corpus"``), falling back to the model's ``default_prompt_name``.
-    In server mode the model's prompts are not known here: pass ``prompts`` or the
-    instructions explicitly.
+    ``"corpus"``), falling back to the model's ``default_prompt_name``. The prompt is
+    passed to the engine (``LLM.embed(prompt_name=...)`` / ``prompt=...``) or the server,
+    never glued onto the texts here, so models that leave the prompt out of pooling get
+    Sentence-Transformers' vectors. In server mode the model's prompts come from the
+    server's ``/v1/models`` (read once, on the first call that needs them).
 
     Over-long texts are cut at the model's limit by default (``truncate_prompt_tokens=-1``),
     as with ``HuggingFaceEmbeddings``, and one warning is logged per instance;
@@ -50,10 +59,10 @@ class PoolkitEmbeddings(PoolkitClientBase, Embeddings):
     """Matryoshka output size (the model must support it); ``None``: the full size."""
 
     query_instruction: str | None = None
-    """Explicit prefix for queries (beats the model's prompts), e.g. ``"query: "``."""
+    """Explicit prompt text for queries (beats the model's prompts), e.g. ``"query: "``; ``""``: none."""
 
     document_instruction: str | None = None
-    """Explicit prefix for documents (beats the model's prompts), e.g. ``"passage: "``."""
+    """Explicit prompt text for documents (beats the model's prompts), e.g. ``"passage: "``; ``""``: none."""
 
     query_prompt_name: str | None = None
     """Name of the prompt (in the model's or ``prompts``) to use for queries."""
@@ -89,157 +98,142 @@ class PoolkitEmbeddings(PoolkitClientBase, Embeddings):
                 from poolkit import PoolingParams
 
                 PoolingParams(dimensions=self.dimensions).verify("embed", mc)
-        # Resolve prompt names now so a typo fails at construction.
-        _ = (self.query_prefix, self.document_prefix)
+            # Resolve the prompts now so that a typo fails at construction. In server mode the
+            # model's prompts are only known after a request, so that happens on the first call.
+            for role in ROLES:
+                self._request_prompt(role)
         return self
 
     # -- prompts ------------------------------------------------------------
 
+    def _role_settings(self, role: Role) -> tuple[str | None, str | None]:
+        """This instance's ``(instruction, prompt name)`` for ``role``."""
+        if role == "query":
+            return self.query_instruction, self.query_prompt_name
+        return self.document_instruction, self.document_prompt_name
+
+    def _request_prompt(self, role: Role) -> RequestPrompt:
+        """The prompt ``role``'s texts are embedded with (server mode: may read the model card once)."""
+        instruction, name = self._role_settings(role)
+        explicit = explicit_prompt(instruction)
+        if explicit is not None:  # no need to know the model's prompts
+            return explicit
+        return model_prompt(self.backend.prompt_source(), role, name, self.prompts)
+
+    async def _arequest_prompt(self, role: Role) -> RequestPrompt:
+        """Async ``_request_prompt`` (a server's model card is read without blocking the loop)."""
+        instruction, name = self._role_settings(role)
+        explicit = explicit_prompt(instruction)
+        if explicit is not None:
+            return explicit
+        return model_prompt(await self.backend.aprompt_source(), role, name, self.prompts)
+
     @property
     def available_prompts(self) -> dict[str, str]:
-        """The model's Sentence-Transformers prompts (in-process) merged with ``prompts``."""
-        model_prompts: dict[str, str] = {}
-        if isinstance(self.backend, LocalBackend):
-            model_prompts = dict(self.backend.llm.model_config.prompts or {})
-        return {**model_prompts, **(self.prompts or {})}
-
-    def _default_prompt(self, prompts: dict[str, str]) -> str:
-        name = None
-        if isinstance(self.backend, LocalBackend):
-            name = self.backend.llm.model_config.default_prompt_name
-        return prompts.get(name, "") if name else ""
-
-    def _named_prompt(self, name: str, prompts: dict[str, str]) -> str:
-        if name not in prompts:
-            raise ValueError(f"Prompt {name!r} not found; available prompts: {sorted(prompts) or 'none'}")
-        return prompts[name]
+        """The model's Sentence-Transformers prompts merged with ``prompts`` (server mode: from ``/v1/models``)."""
+        return {**self.backend.prompt_source().prompts, **(self.prompts or {})}
 
     @property
     def query_prefix(self) -> str:
-        """The text put before every query."""
-        if self.query_instruction is not None:
-            return self.query_instruction
-        prompts = self.available_prompts
-        if self.query_prompt_name is not None:
-            return self._named_prompt(self.query_prompt_name, prompts)
-        if QUERY_PROMPT_NAME in prompts:
-            return prompts[QUERY_PROMPT_NAME]
-        return self._default_prompt(prompts)
+        """The prompt text put before every query ("" for none)."""
+        return self._request_prompt("query").text
 
     @property
     def document_prefix(self) -> str:
-        """The text put before every document."""
-        if self.document_instruction is not None:
-            return self.document_instruction
-        prompts = self.available_prompts
-        if self.document_prompt_name is not None:
-            return self._named_prompt(self.document_prompt_name, prompts)
-        for name in DOCUMENT_PROMPT_NAMES:
-            if name in prompts:
-                return prompts[name]
-        return self._default_prompt(prompts)
+        """The prompt text put before every document ("" for none)."""
+        return self._request_prompt("document").text
 
     # -- embedding ----------------------------------------------------------
 
     def _chunks(self, texts: list[str]) -> list[list[str]]:
         return [texts[i : i + self.chunk_size] for i in range(0, len(texts), self.chunk_size)]
 
-    def _prepare(self, texts: list[str], prefix: str) -> list[str]:
-        if not isinstance(texts, list):
-            texts = list(texts)
-        for index, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise TypeError(f"Text {index} must be a str, got {type(text).__name__}")
-        return [prefix + t for t in texts] if prefix else texts
+    def _options(self, prompt: RequestPrompt) -> EmbedOptions:
+        return EmbedOptions(
+            dimensions=self.dimensions,
+            truncate_prompt_tokens=self.truncate_prompt_tokens,
+            prompt=prompt.prompt,
+            prompt_name=prompt.prompt_name,
+        )
+
+    @property
+    def _concurrency(self) -> int:
+        """Async chunks in flight: one in-process (the engine runs one call at a time), else ``max_concurrency``."""
+        return 1 if isinstance(self.backend, LocalBackend) else self.max_concurrency
 
     def _note_truncation(self, truncated: int, total: int) -> None:
-        if truncated and not self._warned_truncation:
-            self._warned_truncation = True
-            limit = self.truncate_prompt_tokens
-            where = "the model's limit" if limit == -1 else f"{limit} tokens"
-            config = getattr(getattr(self.backend, "llm", None), "model_config", None)
-            max_len_text = f" ({config.max_model_len} tokens)" if config is not None and limit == -1 else ""
-            logger.warning(
-                "PoolkitEmbeddings(model=%r): %d of %d texts were longer than %s%s and were truncated. "
-                "This is logged once per instance; pass truncate_prompt_tokens=None to raise instead, "
-                "or split long documents into smaller chunks.",
-                self.model_name,
-                truncated,
-                total,
-                where,
-                max_len_text,
-            )
-
-    def _embed(self, texts: list[str]) -> list[list[float]]:
-        vectors: list[list[float]] = []
-        truncated = 0
-        for chunk in self._chunks(texts):
-            if isinstance(self.backend, LocalBackend):
-                out, cut = self.backend.embed(
-                    chunk,
-                    dimensions=self.dimensions,
-                    truncate_prompt_tokens=self.truncate_prompt_tokens,
-                    use_tqdm=self.show_progress,
-                )
-            else:
-                out, cut = self.backend.embed(
-                    chunk, dimensions=self.dimensions, truncate_prompt_tokens=self.truncate_prompt_tokens
-                )
-            vectors.extend(out)
-            truncated += cut
-        self._note_truncation(truncated, len(texts))
-        return vectors
-
-    async def _aembed(self, texts: list[str]) -> list[list[float]]:
-        chunks = self._chunks(texts)
-        if isinstance(self.backend, LocalBackend):
-            # One engine at a time anyway: run the chunks in order, each in a worker thread.
-            results = [
-                await self.backend.aembed(
-                    c, dimensions=self.dimensions, truncate_prompt_tokens=self.truncate_prompt_tokens
-                )
-                for c in chunks
-            ]
+        """Warn once per instance that texts were cut: silently losing their ends would hide bad chunking."""
+        if not truncated or self._warned_truncation:
+            return
+        self._warned_truncation = True
+        limit = self.truncate_prompt_tokens
+        if limit == -1:
+            max_len = self.backend.max_model_len
+            where = "the model's limit" + (f" ({max_len} tokens)" if max_len is not None else "")
         else:
-            semaphore = asyncio.Semaphore(self.max_concurrency)
+            where = f"{limit} tokens"
+        logger.warning(
+            "PoolkitEmbeddings(model=%r): %d of %d texts were longer than %s and were truncated. "
+            "This is logged once per instance; pass truncate_prompt_tokens=None to raise instead, "
+            "or split long documents into smaller chunks.",
+            self.model_name,
+            truncated,
+            total,
+            where,
+        )
 
-            async def one(chunk: list[str]) -> tuple[list[list[float]], int]:
-                async with semaphore:
-                    return await self.backend.aembed(
-                        chunk, dimensions=self.dimensions, truncate_prompt_tokens=self.truncate_prompt_tokens
-                    )
+    def _collect(self, results: Sequence[Embedded], total: int) -> list[list[float]]:
+        """The chunks' vectors in order; their truncation counts feed the one-time warning."""
+        self._note_truncation(sum(r.truncated for r in results), total)
+        return [vector for result in results for vector in result.vectors]
 
-            results = list(await asyncio.gather(*(one(c) for c in chunks)))
-        self._note_truncation(sum(cut for _, cut in results), len(texts))
-        return [v for out, _ in results for v in out]
+    def _embed(self, texts: Iterable[str], role: Role) -> list[list[float]]:
+        texts = _checked_texts(texts)
+        if not texts:
+            return []
+        options = self._options(self._request_prompt(role))
+        results = [
+            self.backend.embed(chunk, options, show_progress=self.show_progress) for chunk in self._chunks(texts)
+        ]
+        return self._collect(results, len(texts))
+
+    async def _aembed(self, texts: Iterable[str], role: Role) -> list[list[float]]:
+        texts = _checked_texts(texts)
+        if not texts:
+            return []
+        options = self._options(await self._arequest_prompt(role))
+        semaphore = asyncio.Semaphore(self._concurrency)
+
+        async def one(chunk: list[str]) -> Embedded:
+            async with semaphore:
+                return await self.backend.aembed(chunk, options)
+
+        results = await asyncio.gather(*(one(chunk) for chunk in self._chunks(texts)))
+        return self._collect(results, len(texts))
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Embed documents (with the document prompt, if any)."""
-        prepared = self._prepare(texts, self.document_prefix)
-        return self._embed(prepared) if prepared else []
+        return self._embed(texts, "document")
 
     def embed_query(self, text: str) -> list[float]:
         """Embed one query (with the query prompt, if any)."""
-        return self._embed(self._prepare([text], self.query_prefix))[0]
+        return self._embed([text], "query")[0]
 
     def embed_queries(self, texts: list[str]) -> list[list[float]]:
         """Embed many queries in one batch (same vectors as ``embed_query`` on each)."""
-        prepared = self._prepare(texts, self.query_prefix)
-        return self._embed(prepared) if prepared else []
+        return self._embed(texts, "query")
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
         """Async ``embed_documents``: never blocks the event loop."""
-        prepared = self._prepare(texts, self.document_prefix)
-        return await self._aembed(prepared) if prepared else []
+        return await self._aembed(texts, "document")
 
     async def aembed_query(self, text: str) -> list[float]:
         """Async ``embed_query``: never blocks the event loop."""
-        return (await self._aembed(self._prepare([text], self.query_prefix)))[0]
+        return (await self._aembed([text], "query"))[0]
 
     async def aembed_queries(self, texts: list[str]) -> list[list[float]]:
         """Async ``embed_queries``."""
-        prepared = self._prepare(texts, self.query_prefix)
-        return await self._aembed(prepared) if prepared else []
+        return await self._aembed(texts, "query")
 
     # -- info ---------------------------------------------------------------
 
@@ -255,8 +249,12 @@ class PoolkitEmbeddings(PoolkitClientBase, Embeddings):
     def _repr_fields(self) -> dict[str, Any]:
         fields = super()._repr_fields()
         fields["dimensions"] = self.dimensions
-        if self.query_prefix:
-            fields["query_prefix"] = self.query_prefix
-        if self.document_prefix:
-            fields["document_prefix"] = self.document_prefix
+        for role in ROLES:
+            instruction, _ = self._role_settings(role)
+            # repr never sends a request: a server's prompts show once they have been read.
+            if instruction is None and not self.backend.prompts_known:
+                continue
+            text = self._request_prompt(role).text
+            if text:
+                fields[f"{role}_prefix"] = text
         return fields

@@ -36,6 +36,9 @@ class PoolkitReranker(PoolkitClientBase, BaseDocumentCompressor):
     score_threshold: float | None = None
     """Drop documents scoring below this (applied before ``top_n``)."""
 
+    dimensions: int | None = None
+    """Embedding models: score by the cosine of vectors cut to this Matryoshka size (the model must support it)."""
+
     @model_validator(mode="after")
     def _check_scoring(self) -> PoolkitReranker:
         if self.top_n is not None and self.top_n < 0:
@@ -47,17 +50,23 @@ class PoolkitReranker(PoolkitClientBase, BaseDocumentCompressor):
                     f"Model {mc.served_model_name!r} (task={mc.task!r}) cannot score query-document pairs: "
                     "use a cross-encoder (one-label sequence classifier) or an embedding model"
                 )
+            if self.dimensions is not None:
+                from poolkit import PoolingParams
+
+                PoolingParams(dimensions=self.dimensions).verify("embed", mc)  # fail at construction, not per call
         return self
 
     # -- scoring ------------------------------------------------------------
 
     def score(self, query: str, texts: Sequence[str]) -> list[float]:
         """Relevance score of each text for ``query``, in input order."""
-        return self.backend.score(query, list(texts), truncate_prompt_tokens=self.truncate_prompt_tokens)
+        return self.backend.score(query, list(texts), truncate_prompt_tokens=self.truncate_prompt_tokens,
+                                  dimensions=self.dimensions)
 
     async def ascore(self, query: str, texts: Sequence[str]) -> list[float]:
         """Async ``score``: never blocks the event loop."""
-        return await self.backend.ascore(query, list(texts), truncate_prompt_tokens=self.truncate_prompt_tokens)
+        return await self.backend.ascore(query, list(texts), truncate_prompt_tokens=self.truncate_prompt_tokens,
+                                         dimensions=self.dimensions)
 
     def rank(self, query: str, texts: Sequence[str]) -> list[tuple[int, float]]:
         """``(index, score)`` pairs, best first, after ``score_threshold`` and ``top_n``."""
@@ -115,6 +124,8 @@ class PoolkitReranker(PoolkitClientBase, BaseDocumentCompressor):
     def _repr_fields(self) -> dict[str, Any]:
         fields = super()._repr_fields()
         fields["top_n"] = self.top_n
+        if self.dimensions is not None:
+            fields["dimensions"] = self.dimensions
         if self.score_threshold is not None:
             fields["score_threshold"] = self.score_threshold
         return fields

@@ -94,6 +94,11 @@ class PoolkitFAISS(VectorStore):
     or ``is_matryoshka`` are passed through. With an in-process
     ``PoolkitEmbeddings`` the planner reads Matryoshka support from the engine.
 
+    All texts are embedded by ``embedding``: stored texts (and MMR candidates) with
+    ``embed_documents``, searches with ``embed_query``, so a ``PoolkitEmbeddings``
+    applies the model's document and query prompts (Sentence-Transformers
+    ``encode_document`` / ``encode_query``) without anything set here.
+
     Scores from ``similarity_search_with_score`` are cosine similarities (higher is
     closer); relevance scores map them to [0, 1] as ``(1 + cos) / 2``.
     ``add_texts``/``add_documents`` with an id already present replace that document

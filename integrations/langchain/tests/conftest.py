@@ -1,11 +1,12 @@
-"""Shared fixtures: tiny random checkpoints, the default model, and a ``poolkit serve`` process.
+"""Shared fixtures: tiny random checkpoints, the default model, and ``poolkit serve`` processes.
 
-Every engine is loaded once per session; the server is started once, on the
-default model, only by the tests that need it.
+Every engine is loaded once per session; each server (the default model, and a
+tiny model with query/document prompts) is started once, only by the tests that need it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -63,6 +64,28 @@ def tiny_st_llm(tiny_st_path: Path) -> Any:
     return LLM(str(tiny_st_path), dtype="float32")
 
 
+PROMPTS = {"query": "query: ", "document": "passage: "}
+
+
+@pytest.fixture(scope="session")
+def tiny_prompted_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Sentence-Transformers encoder with ``PROMPTS`` whose pooling leaves the prompt's tokens out
+    (``include_prompt=False``): gluing the prompt onto the texts by hand gives other vectors than
+    ``LLM.embed(prompt_name=...)``, so tests can tell who applied the prompt."""
+    from poolkit.testing import add_sentence_transformers_files, build_tiny_checkpoint
+
+    path = build_tiny_checkpoint(tmp_path_factory.mktemp("lc-prompted") / "model", "encoder", seed=5)
+    add_sentence_transformers_files(path, pooling="mean", prompts=PROMPTS, include_prompt=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_prompted_llm(tiny_prompted_path: Path) -> Any:
+    from poolkit import LLM
+
+    return LLM(str(tiny_prompted_path), dtype="float32")
+
+
 @pytest.fixture(scope="session")
 def tiny_cross_encoder_llm(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from poolkit import LLM
@@ -95,18 +118,17 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``poolkit serve default`` on a free loopback port, with an API key."""
+@contextlib.contextmanager
+def _serve(model: str, log_path: Path, *extra_args: str) -> Iterator[str]:
+    """``poolkit serve MODEL`` (float32, with the test API key) on a free loopback port; yields its URL."""
     port = _free_port()
-    log_path = tmp_path_factory.mktemp("lc-server") / "server.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("POOLKIT_")}
     cmd = [
         sys.executable,
         "-m",
         "poolkit.entrypoints.cli",
         "serve",
-        "default",
+        model,
         "--dtype",
         "float32",
         "--host",
@@ -118,6 +140,7 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "--disable-access-log",
         "--uvicorn-log-level",
         "warning",
+        *extra_args,
     ]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO_ROOT))
@@ -134,7 +157,7 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 pass
             if time.monotonic() > deadline:
                 pytest.fail(f"poolkit serve did not become healthy in 120 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.3)
+            time.sleep(0.3)  # polling a starting process, not waiting for a result
         yield url
     finally:
         proc.terminate()
@@ -143,6 +166,28 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``poolkit serve default`` on a free loopback port, with an API key."""
+    with _serve("default", tmp_path_factory.mktemp("lc-server") / "server.log") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def prompted_served_name() -> str:
+    return "tiny-prompted"
+
+
+@pytest.fixture(scope="session")
+def prompted_server_url(
+    tiny_prompted_path: Path, prompted_served_name: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """``poolkit serve`` of the tiny prompted model (as ``prompted_served_name``), with an API key."""
+    log_path = tmp_path_factory.mktemp("lc-prompted-server") / "server.log"
+    with _serve(str(tiny_prompted_path), log_path, "--served-model-name", prompted_served_name) as url:
+        yield url
 
 
 def load_corpus(limit: int | None = None) -> list[dict[str, Any]]:

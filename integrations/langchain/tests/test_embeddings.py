@@ -70,6 +70,18 @@ def test_invalid_constructions(tiny_encoder_llm: Any, tiny_cross_encoder_llm: An
         PoolkitEmbeddings(llm=tiny_encoder_llm, truncate_prompt_tokens=0)
 
 
+def test_engine_arguments_are_the_engine_settings() -> None:
+    """Accepted keywords are EngineArgs' fields (minus model), which is also what LLM's signature lists."""
+    import inspect
+
+    from langchain_poolkit._backends import llm_init_parameters
+    from poolkit import LLM
+
+    params = llm_init_parameters()
+    assert {"dtype", "device", "max_model_len", "hf_overrides", "max_num_seqs"} <= params and "model" not in params
+    assert params == set(inspect.signature(LLM).parameters) - {"model"}
+
+
 def test_repr_hides_api_key() -> None:
     emb = PoolkitEmbeddings(base_url="http://127.0.0.1:9/v1", api_key="sk-secret", model="m")
     assert "sk-secret" not in repr(emb) and "sk-secret" not in str(emb)
@@ -115,7 +127,7 @@ def test_explicit_instructions_and_prompt_names(tiny_st_llm: Any, tiny_encoder_l
     assert (named.query_prefix, named.document_prefix) == ("search: ", "query: ")
     plain = PoolkitEmbeddings(llm=tiny_encoder_llm)
     assert (plain.query_prefix, plain.document_prefix) == ("", "")
-    with pytest.raises(ValidationError, match="Prompt 'nope' not found"):
+    with pytest.raises(ValidationError, match="Prompt name 'nope' not found"):  # poolkit's own message
         PoolkitEmbeddings(llm=tiny_st_llm, query_prompt_name="nope")
 
 

@@ -41,7 +41,7 @@ def test_order_and_scores_equal_llm_score(engine: str, request: pytest.FixtureRe
     assert [d.metadata["relevance_score"] for d in out] == [s for _, s in expected]
     assert all(type(d.metadata["relevance_score"]) is float for d in out)
     assert [d.metadata["source"] for d in out] == [DOCS[i].metadata["source"] for i, _ in expected]
-    assert DOCS == before, "inputs were mutated"
+    assert before == DOCS, "inputs were mutated"
     assert reranker.rank(QUERY, [d.page_content for d in DOCS]) == expected
 
 

@@ -69,7 +69,7 @@ def test_server_errors_are_clear(server_url: str, server_api_key: str) -> None:
         bad_dims.embed_query("x")
     assert info.value.status_code == 400 and isinstance(info.value, ValueError)
 
-    with pytest.raises(PoolkitServerError, match="HTTP 401.*API key"):
+    with pytest.raises(PoolkitServerError, match=r"HTTP 401.*API key"):
         PoolkitEmbeddings(base_url=server_url, api_key="wrong").embed_query("x")
 
     strict = PoolkitEmbeddings(base_url=server_url, api_key=server_api_key, truncate_prompt_tokens=None)

@@ -16,7 +16,7 @@ from langchain_poolkit import PoolkitFAISS
 
 
 class TestPoolkitFAISSStandard(VectorStoreIntegrationTests):
-    @pytest.fixture()
+    @pytest.fixture
     def vectorstore(self) -> Iterator[VectorStore]:  # type: ignore[override]
         store = PoolkitFAISS(self.get_embeddings())
         try:
@@ -26,7 +26,7 @@ class TestPoolkitFAISSStandard(VectorStoreIntegrationTests):
 
 
 class TestPoolkitFAISSStandardHNSW(VectorStoreIntegrationTests):
-    @pytest.fixture()
+    @pytest.fixture
     def vectorstore(self) -> Iterator[VectorStore]:  # type: ignore[override]
         from poolkit_faiss import plan_for
 

@@ -32,7 +32,7 @@ def emb(tiny_mean_llm: Any) -> PoolkitEmbeddings:
     return PoolkitEmbeddings(llm=tiny_mean_llm)
 
 
-@pytest.fixture()
+@pytest.fixture
 def store(emb: PoolkitEmbeddings) -> PoolkitFAISS:
     return PoolkitFAISS.from_texts(TEXTS, emb, metadatas=METAS, ids=IDS)
 

@@ -3,11 +3,12 @@
 The pieces:
 
 - :class:`TextDataset`: ``(index, id, text)`` items;
-- :class:`TokenizingCollate`: texts → the engine's token ids (runs in DataLoader
-  workers; no model weights needed);
+- :class:`TokenizingCollate`: texts → a prepared ``embed`` request (prompted,
+  tokenized, truncated by poolkit's task layer; runs in DataLoader workers, no
+  model weights needed);
 - :class:`PoolkitEmbeddingModule`: a ``LightningModule`` whose ``predict_step``
-  runs the poolkit engine; the engine is built in ``setup()`` on each rank, on
-  that rank's device, never pickled;
+  runs that request on the poolkit engine; the engine is built in ``setup()`` on
+  each rank, on that rank's device, never pickled;
 - :class:`ParquetPredictionWriter`: a ``BasePredictionWriter`` writing one
   Parquet file per rank and batch (``shard-rank{r}-batch{b}.parquet``);
 - :func:`reassemble`: reads them back as one table in input order.
@@ -34,7 +35,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
-from poolkit.corpus import Embedder, TextTokenizer, embeddings_table, write_table_atomic
+from poolkit.corpus import Embedded, Embedder, TextTokenizer, embeddings_table, write_table_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -59,35 +60,37 @@ class TextDataset(Dataset):
 
 
 class TokenizingCollate:
-    """DataLoader ``collate_fn``: a list of ``{"index", "id", "text"}`` items → a tokenized batch.
+    """DataLoader ``collate_fn``: a list of ``{"index", "id", "text"}`` items → a prepared batch.
 
-    The batch is a dict: ``index`` (int64 array), ``id`` (list), ``tokens``
-    (the engine's ``TokenizedPrompt`` list) and ``truncated`` (bool array).
-    Tokenizes exactly as ``LLM(model, **engine_kwargs)`` would; ``truncate``
-    is ``-1`` (model limit), ``N`` tokens or ``None`` (error on over-long text).
+    The batch is a dict: ``index`` (int64 array), ``id`` (list) and ``request``
+    (a :class:`~poolkit.tasks.PreparedRequest` for :meth:`poolkit.corpus.Embedder.run`).
+    Prepares exactly as ``LLM(model, **engine_kwargs).embed(texts, ...)`` would:
+    ``truncate`` is ``-1`` (model limit), ``N`` tokens or ``None`` (error on
+    over-long text); ``dimensions``, ``prompt_name`` and ``prompt`` as in ``LLM.embed``.
     Picklable: the tokenizer loads lazily in the process that collates.
     """
 
-    def __init__(self, model: str | None = None, truncate: int | None = -1, **engine_kwargs: Any) -> None:
-        self.tokenizer = TextTokenizer(model, truncate, **engine_kwargs)
+    def __init__(self, model: str | None = None, truncate: int | None = -1, *, dimensions: int | None = None,
+                 prompt_name: str | None = None, prompt: str | None = None, **engine_kwargs: Any) -> None:
+        self.tokenizer = TextTokenizer(model, truncate, dimensions=dimensions, prompt_name=prompt_name, prompt=prompt,
+                                       **engine_kwargs)
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        tokens, truncated = self.tokenizer([item["text"] for item in items])
         return {
             "index": np.array([item["index"] for item in items], dtype=np.int64),
             "id": [item["id"] for item in items],
-            "tokens": tokens,
-            "truncated": truncated,
+            "request": self.tokenizer([item["text"] for item in items]),
         }
 
 
 class PoolkitEmbeddingModule(pl.LightningModule):
-    """A LightningModule around the poolkit engine; ``predict_step`` embeds a tokenized batch.
+    """A LightningModule around the poolkit engine; ``predict_step`` embeds a prepared batch.
 
     Args:
         model: checkpoint directory or hub id, readable on every node (``None``: the default model).
         dimensions: Matryoshka output size.
         truncate: as in :class:`TokenizingCollate` (use :meth:`collate` to get a matching one).
+        prompt_name / prompt: a Sentence-Transformers prompt put before every text, as in ``LLM.embed``.
         **engine_kwargs: passed to ``poolkit.LLM`` (``dtype``, ``hf_overrides``...).
 
     The model is loaded in ``setup()`` on each rank, on the rank's device
@@ -96,11 +99,13 @@ class PoolkitEmbeddingModule(pl.LightningModule):
     """
 
     def __init__(self, model: str | None = None, *, dimensions: int | None = None, truncate: int | None = -1,
-                 **engine_kwargs: Any) -> None:
+                 prompt_name: str | None = None, prompt: str | None = None, **engine_kwargs: Any) -> None:
         super().__init__()
         self.model_name = model
         self.dimensions = dimensions
         self.truncate = truncate
+        self.prompt_name = prompt_name
+        self.prompt = prompt
         self.engine_kwargs = engine_kwargs
         self.embedder: Embedder | None = None
 
@@ -110,8 +115,9 @@ class PoolkitEmbeddingModule(pl.LightningModule):
         return state
 
     def collate(self) -> TokenizingCollate:
-        """A collate function that tokenizes exactly as this module's engine."""
-        return TokenizingCollate(self.model_name, self.truncate, **self.engine_kwargs)
+        """A collate function that prepares requests exactly as this module's engine expects them."""
+        return TokenizingCollate(self.model_name, self.truncate, dimensions=self.dimensions,
+                                 prompt_name=self.prompt_name, prompt=self.prompt, **self.engine_kwargs)
 
     def dataloader(self, dataset: Dataset, *, batch_size: int = 256, num_workers: int = 0, **kwargs: Any) -> DataLoader:
         """An in-order DataLoader over ``dataset`` with :meth:`collate`."""
@@ -129,20 +135,23 @@ class PoolkitEmbeddingModule(pl.LightningModule):
                 # Several CPU ranks on one machine: share the cores instead of oversubscribing them.
                 torch.set_num_threads(max(1, (os.cpu_count() or 1) // per_node))
             self.embedder = Embedder.from_model(self.model_name, dimensions=self.dimensions, truncate=self.truncate,
-                                                **kwargs)
+                                                prompt_name=self.prompt_name, prompt=self.prompt, **kwargs)
             logger.info("rank %d: %r", self.global_rank, self.embedder.llm)
 
     def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
-        return batch  # token lists stay on the host; the engine pads and moves them itself
+        return batch  # the prepared request stays on the host; the engine pads and moves it itself
 
-    def forward(self, batch: dict[str, Any]) -> np.ndarray:
+    def forward(self, batch: dict[str, Any]) -> Embedded:
         assert self.embedder is not None, "the engine is built in setup(); call through a Trainer"
-        return self.embedder.run(batch["tokens"])
+        return self.embedder.run(batch["request"])
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int = 0, dataloader_idx: int = 0) -> dict[str, Any]:
-        out = {key: value for key, value in batch.items() if key != "tokens"}
-        out["embedding"] = self(batch)
-        out["num_tokens"] = np.array([len(t) for t in batch["tokens"]], dtype=np.int32)
+        """The batch's other keys plus ``embedding``, ``num_tokens`` and ``truncated`` (from the outputs)."""
+        embedded = self(batch)
+        out = {key: value for key, value in batch.items() if key != "request"}
+        out["embedding"] = embedded.vectors
+        out["num_tokens"] = embedded.num_tokens
+        out["truncated"] = embedded.truncated
         return out
 
 
@@ -210,6 +219,8 @@ def embed_texts(
     num_workers: int = 0,
     dimensions: int | None = None,
     truncate: int | None = -1,
+    prompt_name: str | None = None,
+    prompt: str | None = None,
     trainer_kwargs: dict[str, Any] | None = None,
     **engine_kwargs: Any,
 ) -> pa.Table | None:
@@ -218,7 +229,8 @@ def embed_texts(
     ``trainer_kwargs`` e.g. ``{"accelerator": "gpu", "devices": 8, "num_nodes": 2, "strategy": "ddp"}``.
     Other ranks (``strategy="ddp"`` runs this function in every process) return ``None``.
     """
-    module = PoolkitEmbeddingModule(model, dimensions=dimensions, truncate=truncate, **engine_kwargs)
+    module = PoolkitEmbeddingModule(model, dimensions=dimensions, truncate=truncate, prompt_name=prompt_name,
+                                    prompt=prompt, **engine_kwargs)
     loader = module.dataloader(TextDataset(texts, ids), batch_size=batch_size, num_workers=num_workers)
     kwargs = {"accelerator": "auto", "devices": 1, "logger": False, "enable_checkpointing": False,
               "enable_model_summary": False, "enable_progress_bar": False, **(trainer_kwargs or {})}

@@ -25,7 +25,7 @@ pytestmark = [
 
 
 def _texts(n: int) -> list[str]:
-    words = "vector search embeds documents into dense spaces for retrieval and ranking".split()
+    words = ["vector", "search", "embeds", "documents", "into", "dense", "spaces", "for", "retrieval", "and", "ranking"]
     return [" ".join(words[(i * 5 + k) % len(words)] for k in range(2 + i % 70)) + f" item {i}" for i in range(n)]
 
 
@@ -43,9 +43,10 @@ def tiny_encoder(tmp_path_factory) -> str:
     return str(build_tiny_checkpoint(tmp_path_factory.mktemp("pl-ckpt") / "encoder", "encoder"))
 
 
-def _reference(model: str, texts: list[str]) -> np.ndarray:
+def _reference(model: str, texts: list[str], **kwargs) -> np.ndarray:
     llm = LLM(model, task="embed", device="cpu")
-    return np.stack([o.outputs.data.numpy() for o in llm.encode(texts, truncate_prompt_tokens=-1, use_tqdm=False)])
+    outs = llm.embed(texts, truncate_prompt_tokens=-1, use_tqdm=False, **kwargs)
+    return np.stack([o.outputs.numpy() for o in outs])
 
 
 def _assert_same(vectors: np.ndarray, reference: np.ndarray) -> None:
@@ -79,11 +80,55 @@ def test_trainer_predict_two_ddp_processes(tiny_encoder, tmp_path):
     assert table.column("num_tokens").to_pylist() == [min(length, limit) for length in full]
 
 
+def test_collate_prepares_requests_and_module_embeds_them_like_llm_embed(tiny_encoder, tmp_path):
+    """The collate yields a picklable PreparedRequest (with the prompt), predict_step runs it: one process."""
+    import pickle
+
+    from poolkit_lightning import PoolkitEmbeddingModule, TextDataset, embed_texts
+
+    texts = _texts(12)
+    module = PoolkitEmbeddingModule(tiny_encoder, prompt="search: ", device="cpu")
+    batch = module.collate()([TextDataset(texts)[i] for i in range(3)])
+    request = pickle.loads(pickle.dumps(batch["request"]))  # as from a DataLoader worker
+    assert request.task == "embed" and len(request) == 3 and batch["index"].tolist() == [0, 1, 2]
+    table = embed_texts(texts, model=tiny_encoder, output_dir=tmp_path / "pred", batch_size=5, prompt="search: ",
+                        device="cpu", trainer_kwargs={"accelerator": "cpu", "devices": 1})
+    llm = LLM(tiny_encoder, task="embed", device="cpu")
+    outs = llm.embed(texts, prompt="search: ", truncate_prompt_tokens=-1, use_tqdm=False)
+    _assert_same(embedding_matrix(table), np.stack([o.outputs.numpy() for o in outs]))
+    assert table.column("truncated").to_pylist() == [o.truncated for o in outs]
+    assert table.column("num_tokens").to_pylist() == [len(o.prompt_token_ids) for o in outs]
+
+
+def test_lightning_settings_declared_once(monkeypatch):
+    """POOLKIT_LIGHTNING_* are read through poolkit.settings (an explicit keyword wins)."""
+    from poolkit.corpus import load_executor
+    from poolkit.settings import env_name
+    from poolkit_lightning.corpus import LightningArgs, LightningExecutor
+
+    assert load_executor("lightning") is LightningExecutor
+    assert env_name(LightningArgs, "strategy") == "POOLKIT_LIGHTNING_STRATEGY"
+    assert env_name(LightningArgs, "num_nodes") == "POOLKIT_LIGHTNING_NUM_NODES"
+    monkeypatch.delenv("POOLKIT_LIGHTNING_STRATEGY", raising=False)
+    monkeypatch.delenv("POOLKIT_LIGHTNING_NUM_NODES", raising=False)
+    assert LightningExecutor(workers=2, device="cpu").trainer_kwargs() == {
+        "accelerator": "cpu", "devices": 2, "num_nodes": 1, "strategy": "ddp"}
+    assert LightningExecutor(device="cuda").trainer_kwargs()["strategy"] == "auto"
+    monkeypatch.setenv("POOLKIT_LIGHTNING_STRATEGY", "ddp_spawn")
+    monkeypatch.setenv("POOLKIT_LIGHTNING_NUM_NODES", "3")
+    kwargs = LightningExecutor(workers=2, device="cuda:0").trainer_kwargs()
+    assert kwargs == {"accelerator": "gpu", "devices": 2, "num_nodes": 3, "strategy": "ddp_spawn"}
+    assert LightningExecutor(workers=2, strategy="fsdp", num_nodes=2).trainer_kwargs()["strategy"] == "fsdp"
+    monkeypatch.setenv("POOLKIT_LIGHTNING_NUM_NODES", "0")
+    with pytest.raises(ValueError, match="POOLKIT_LIGHTNING_NUM_NODES"):
+        LightningExecutor()
+
+
 def test_reassemble_drops_duplicate_rows(tiny_encoder, tmp_path):
     """A padding sampler (Lightning's DistributedSampler in fit/validate) would write some rows twice."""
-    from poolkit.corpus import embeddings_table, write_table_atomic
     import pyarrow as pa
 
+    from poolkit.corpus import embeddings_table, write_table_atomic
     from poolkit_lightning import reassemble
 
     vecs = np.eye(4, dtype=np.float32)
@@ -102,7 +147,7 @@ def test_cli_engine_lightning_ddp_two_processes_and_resume(tiny_encoder, tmp_pat
     src = tmp_path / "corpus.jsonl"
     src.write_text("".join(json.dumps({"id": 1000 + i, "text": t}) + "\n" for i, t in enumerate(texts)))
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "poolkit.corpus", str(src), "--model", tiny_encoder, "--out", str(out),
+    cmd = [sys.executable, "-m", "poolkit.entrypoints.embed", str(src), "--model", tiny_encoder, "--out", str(out),
            "--engine", "lightning", "--workers", "2", "--device", "cpu", "--shard-size", "20", "--json"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=280)

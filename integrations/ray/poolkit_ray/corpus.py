@@ -1,4 +1,8 @@
-"""The ``ray`` engine of ``poolkit embed``: shards embedded by a Ray Data actor pool.
+"""The ``ray`` executor of ``poolkit embed``: shards embedded by a Ray Data actor pool.
+
+Registered under the ``poolkit.executors`` entry points (see this package's
+``pyproject.toml``), so ``poolkit embed --engine ray`` finds it without the
+core importing this package.
 
 Each actor holds one model and handles whole shards: it reads the shard's rows
 from the input, embeds them and writes the shard file itself (atomically), so
@@ -12,11 +16,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
-from poolkit.corpus import CorpusJob, ShardRecorder, ShardSpec, ShardStats, process_shard
+from poolkit.corpus import CorpusExecutor, CorpusJob, ShardRecorder, ShardSpec, ShardStats, process_shard
 
 from .dataset import plan_workers
 
@@ -46,50 +49,48 @@ class ShardWorker:
         }
 
 
-def run_corpus_shards(
-    job: CorpusJob,
-    pending: Sequence[ShardSpec],
-    recorder: ShardRecorder,
-    *,
-    workers: int | None = None,
-    gpus_per_worker: float | None = None,
-    device: str | None = None,
-    **_: Any,
-) -> None:
-    """Embed ``pending`` shards on a Ray actor pool (joins ``RAY_ADDRESS`` or starts a local Ray).
+class RayExecutor(CorpusExecutor):
+    """``ray``: ``pending`` shards on a Ray actor pool (joins ``RAY_ADDRESS`` or starts a local Ray).
 
-    ``device="cpu"`` keeps the actors off GPUs (unless ``gpus_per_worker`` says otherwise).
+    ``workers``: actors (default: one per GPU, else per CPU); ``gpus_per_worker``:
+    GPUs per actor (default: 1 when the cluster has GPUs); ``device="cpu"``
+    keeps the actors off GPUs (unless ``gpus_per_worker`` says otherwise).
     """
-    if device == "cpu" and gpus_per_worker is None:
-        gpus_per_worker = 0.0
-    import ray
-    import ray.data
 
-    started = False
-    if not ray.is_initialized():
-        ray.init()
-        started = True
-    try:
-        compute, gpus, _cpus = plan_workers(workers, gpus_per_worker)
-        items = [{"index": s.index, "row_start": s.row_start, "row_stop": s.row_stop,
-                  "byte_offset": -1 if s.byte_offset is None else s.byte_offset} for s in pending]
-        ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            ShardWorker,
-            fn_constructor_kwargs={"job": job, "use_gpu": gpus > 0},
-            batch_size=1,
-            batch_format="numpy",
-            compute=compute,
-            num_gpus=gpus or None,
-            udf_modifying_row_count=False,
-        )
-        seen: set[int] = set()
-        for row in ds.iter_rows():
-            stats = ShardStats(int(row["index"]), int(row["rows"]), int(row["tokens"]), int(row["truncated"]),
-                               float(row["seconds"]))
-            if stats.index in seen:  # a retried shard reported twice: its file was simply rewritten
-                continue
-            seen.add(stats.index)
-            recorder(stats)
-    finally:
-        if started:
-            ray.shutdown()
+    name = "ray"
+
+    def run(self, job: CorpusJob, pending: Sequence[ShardSpec], recorder: ShardRecorder) -> None:
+        gpus_per_worker = self.gpus_per_worker
+        if self.device == "cpu" and gpus_per_worker is None:
+            gpus_per_worker = 0.0
+        import ray
+        import ray.data
+
+        started = False
+        if not ray.is_initialized():
+            ray.init()
+            started = True
+        try:
+            compute, gpus, _cpus = plan_workers(self.workers, gpus_per_worker)
+            items = [{"index": s.index, "row_start": s.row_start, "row_stop": s.row_stop,
+                      "byte_offset": -1 if s.byte_offset is None else s.byte_offset} for s in pending]
+            ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+                ShardWorker,
+                fn_constructor_kwargs={"job": job, "use_gpu": gpus > 0},
+                batch_size=1,
+                batch_format="numpy",
+                compute=compute,
+                num_gpus=gpus or None,
+                udf_modifying_row_count=False,
+            )
+            seen: set[int] = set()
+            for row in ds.iter_rows():
+                stats = ShardStats(int(row["index"]), int(row["rows"]), int(row["tokens"]), int(row["truncated"]),
+                                   float(row["seconds"]))
+                if stats.index in seen:  # a retried shard reported twice: its file was simply rewritten
+                    continue
+                seen.add(stats.index)
+                recorder(stats)
+        finally:
+            if started:
+                ray.shutdown()

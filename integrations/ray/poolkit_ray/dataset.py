@@ -34,6 +34,8 @@ class PoolkitEmbedder:
         output_column: str = "embedding",
         dimensions: int | None = None,
         truncate: int | None = -1,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
         num_tokens_column: str | None = None,
         truncated_column: str | None = None,
         use_gpu: bool = False,
@@ -42,7 +44,8 @@ class PoolkitEmbedder:
         kwargs = dict(engine_kwargs or {})
         # Ray hides the GPUs an actor did not ask for; be explicit either way.
         kwargs.setdefault("device", "cuda" if use_gpu else "cpu")
-        self.embedder = Embedder.from_model(model, dimensions=dimensions, truncate=truncate, **kwargs)
+        self.embedder = Embedder.from_model(model, dimensions=dimensions, truncate=truncate, prompt_name=prompt_name,
+                                            prompt=prompt, **kwargs)
         self.text_column = text_column
         self.output_column = output_column
         self.num_tokens_column = num_tokens_column
@@ -118,6 +121,8 @@ def embed_dataset(
     output_column: str = "embedding",
     dimensions: int | None = None,
     truncate: int | None = -1,
+    prompt_name: str | None = None,
+    prompt: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     num_gpus_per_worker: float | None = None,
     num_cpus_per_worker: float | None = None,
@@ -139,6 +144,7 @@ def embed_dataset(
         model: checkpoint directory or hub id, readable on every node (``None``: the default model).
         dimensions: Matryoshka output size.
         truncate: ``-1`` (model limit), ``N`` tokens, or ``None`` (error on over-long text).
+        prompt_name / prompt: a Sentence-Transformers prompt put before every text, as in ``LLM.embed``.
         batch_size: rows per actor call (the engine batches by token budget inside).
         num_gpus_per_worker: GPUs per actor (fractions share a GPU); default 1 if the cluster has GPUs, else 0.
         num_cpus_per_worker: CPUs per actor (Ray also limits torch's threads to it).
@@ -152,7 +158,8 @@ def embed_dataset(
         embedder_cls,
         fn_constructor_kwargs={
             "model": model, "text_column": text_column, "output_column": output_column, "dimensions": dimensions,
-            "truncate": truncate, "num_tokens_column": num_tokens_column, "truncated_column": truncated_column,
+            "truncate": truncate, "prompt_name": prompt_name, "prompt": prompt,
+            "num_tokens_column": num_tokens_column, "truncated_column": truncated_column,
             "use_gpu": gpus > 0, "engine_kwargs": engine_kwargs,
         },
         batch_size=batch_size,

@@ -19,7 +19,7 @@ from poolkit.testing import build_tiny_checkpoint
 @pytest.fixture(scope="module")
 def ray_cluster():
     import ray
-    import ray.data  # noqa: F401  (registers the Data API on the module)
+    import ray.data  # registers the Data API on the module
 
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED")}
     os.environ["RAY_AUTH_MODE"] = "disabled"          # ray >= 2.5x enables token auth for new local clusters

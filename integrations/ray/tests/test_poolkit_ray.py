@@ -20,7 +20,7 @@ pytestmark = [
 
 
 def _texts(n: int) -> list[str]:
-    words = "vector search embeds documents into dense spaces for retrieval and ranking".split()
+    words = ["vector", "search", "embeds", "documents", "into", "dense", "spaces", "for", "retrieval", "and", "ranking"]
     return [" ".join(words[(i * 7 + k) % len(words)] for k in range(3 + i % 60)) + f" doc {i}" for i in range(n)]
 
 
@@ -28,9 +28,9 @@ def _texts(n: int) -> list[str]:
 def reference(tiny_encoder):
     llm = LLM(tiny_encoder, task="embed", device="cpu")
 
-    def embed(texts: list[str], truncate: int = -1) -> np.ndarray:
-        outs = llm.encode(texts, truncate_prompt_tokens=truncate, use_tqdm=False)
-        return np.stack([o.outputs.data.numpy() for o in outs])
+    def embed(texts: list[str], truncate: int = -1, **kwargs) -> np.ndarray:
+        outs = llm.embed(texts, truncate_prompt_tokens=truncate, use_tqdm=False, **kwargs)
+        return np.stack([o.outputs.numpy() for o in outs])
 
     return embed
 
@@ -139,16 +139,20 @@ def test_killed_worker_is_retried_without_loss_or_duplicates(ray_cluster, tiny_e
     _check_once(table, texts, reference)
 
 
-def test_corpus_cli_engine_ray(ray_cluster, tiny_encoder, reference, tmp_path):
+def test_corpus_executor_ray(ray_cluster, tiny_encoder, reference, tmp_path):
+    from poolkit.corpus import load_executor
+    from poolkit_ray.corpus import RayExecutor
+
+    assert load_executor("ray") is RayExecutor  # found through the poolkit.executors entry point
     texts = _texts(90)
     src = tmp_path / "corpus.jsonl"
     src.write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
     summary = embed_corpus(src, tmp_path / "out", model=tiny_encoder, engine="ray", shard_size=20, workers=2,
-                           progress=False)
-    assert summary.complete and summary.rows == 90 and summary.shards_done == 5
+                           prompt="search: ", progress=False)
+    assert summary.complete and summary.rows == 90 and summary.shards_done == 5 and summary.engine == "ray"
     table = read_corpus_embeddings(tmp_path / "out")
     assert table.column("id").to_pylist() == [f"d{i}" for i in range(90)]
-    _assert_same(embedding_matrix(table), reference(texts))
+    _assert_same(embedding_matrix(table), reference(texts, prompt="search: "))
     again = embed_corpus(src, tmp_path / "out", model=tiny_encoder, engine="ray", shard_size=20, workers=2,
-                         progress=False)
+                         prompt="search: ", progress=False)
     assert again.rows == 0 and again.shards_skipped == 5

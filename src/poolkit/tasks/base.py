@@ -1,0 +1,111 @@
+"""What every task has in common: a prepared request and the prepare → (engine) → finish contract.
+
+A task turns a front-end's inputs into a :class:`PreparedRequest` (parameters
+checked, prompts applied, tokenized, truncated: no model needed), and the
+engine's pooled arrays for it into output objects. The engine in between only
+sees token sequences and head options, so the offline ``LLM``, the server's
+async engine and the corpus job drive the same tasks.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..config import ModelConfig
+from ..inputs import InputProcessor, TokenizedPrompt
+from ..outputs import RequestOutput
+from ..params import HeadOptions, PoolingParams
+
+PoolingParamsArg = PoolingParams | Sequence[PoolingParams] | None
+
+
+@dataclass
+class PreparedRequest:
+    """Tokenized, validated work for the engine (picklable: it may cross to a data-loader worker).
+
+    ``prompts``/``options``: what the engine runs, one head option per sequence.
+    ``state``: what the task needs to finish (e.g. which sequences a score pairs up).
+    ``first_index``: the position of the first input in the caller's whole input (for messages).
+    """
+
+    task: str
+    prompts: list[TokenizedPrompt]
+    options: list[HeadOptions]
+    state: Any = None
+    first_index: int = 0
+    num_inputs: int = field(default=-1)
+
+    def __post_init__(self) -> None:
+        if self.num_inputs < 0:
+            self.num_inputs = len(self.prompts)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(p) for p in self.prompts)
+
+    def __len__(self) -> int:
+        return self.num_inputs
+
+
+RequestIds = Callable[[], str]
+
+
+def counter_ids(start: int = 0) -> RequestIds:
+    """Request ids ``"0"``, ``"1"``, ... as vLLM's offline API numbers them."""
+    count = itertools.count(start)
+    return lambda: str(next(count))
+
+
+def params_list(pooling_params: PoolingParamsArg, n: int) -> list[PoolingParams]:
+    """One ``PoolingParams`` per prompt: none (defaults), one for all, or exactly one each."""
+    if pooling_params is None:
+        return [PoolingParams()] * n
+    if isinstance(pooling_params, PoolingParams):
+        return [pooling_params] * n
+    params = list(pooling_params)
+    if len(params) != n:
+        raise ValueError(f"Got {len(params)} pooling_params for {n} prompts; pass one, or one per prompt")
+    for index, item in enumerate(params):
+        if not isinstance(item, PoolingParams):
+            raise TypeError(f"pooling_params[{index}] must be a PoolingParams, got {type(item).__name__}")
+    return params
+
+
+class Task:
+    """One of the model's tasks. Subclasses set ``name`` and implement ``prepare`` and ``finish``.
+
+    ``per_input``: every input is prepared and finished on its own, so a front-end
+    may split a long input list into chunks (and tokenize one while the model runs another).
+    """
+
+    name: ClassVar[str]
+    per_input: ClassVar[bool] = True
+
+    def __init__(self, model_config: ModelConfig, processor: InputProcessor) -> None:
+        self.model_config = model_config
+        self.processor = processor
+
+    def require(self) -> None:
+        """``ValueError`` when the model does not serve this task."""
+        self.model_config.require(self.name)
+
+    def prepare(self, *args: Any, **kwargs: Any) -> PreparedRequest:
+        raise NotImplementedError
+
+    def finish(self, request: PreparedRequest, pooled: Sequence[np.ndarray],
+               request_ids: RequestIds) -> Sequence[RequestOutput[Any]]:
+        raise NotImplementedError
+
+    def options(self, pooling_params: PoolingParamsArg, n: int, method: str | None = None) -> list[HeadOptions]:
+        """Checked head options, one per prompt (the same object when all prompts share the params)."""
+        params = params_list(pooling_params, n)
+        resolved: dict[PoolingParams, HeadOptions] = {}
+        return [resolved.setdefault(p, p.resolve(method or self.name, self.model_config)) for p in params]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self.model_config.served_model_name!r})"
