@@ -30,7 +30,7 @@ from .runner import ModelRunner, resolve_compile, select_device, select_dtype
 from .scheduler import SchedulerConfig, schedule
 from .settings import EngineArgs, describe, docstring, setting_fields
 from .tasks import PreparedRequest, Tasks, counter_ids
-from .tasks.base import PoolingParamsArg
+from .tasks.base import PoolingParamsArg, params_list
 
 logger = logging.getLogger(__name__)
 
@@ -281,15 +281,11 @@ class LLM:
     def _run_pipelined(self, task: str, items: list[Prompt], pooling_params: PoolingParamsArg, use_tqdm: bool,
                        kwargs: dict[str, Any]) -> list[Any]:
         """Prepare chunk k+1 on a helper thread while the model runs chunk k."""
-        params = pooling_params if pooling_params is None or isinstance(pooling_params, PoolingParams) \
-            else list(pooling_params)
-        if isinstance(params, list) and len(params) != len(items):
-            raise ValueError(f"Got {len(params)} pooling_params for {len(items)} prompts; pass one, or one per prompt")
+        params = params_list(pooling_params, len(items))
 
         def prepare(start: int) -> PreparedRequest:
-            chunk_params = params[start:start + TOKENIZE_CHUNK] if isinstance(params, list) else params
-            return self.tasks.prepare(task, items[start:start + TOKENIZE_CHUNK], chunk_params, first_index=start,
-                                      **kwargs)
+            end = start + TOKENIZE_CHUNK
+            return self.tasks.prepare(task, items[start:end], params[start:end], first_index=start, **kwargs)
 
         outputs: list[Any] = []
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="poolkit-tokenize") as pool, \
