@@ -6,15 +6,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
+import time
 
 import httpx
 import numpy as np
 import pytest
 
 from poolkit import LLM, PoolingParams
-from poolkit.async_engine import AsyncPoolingEngine, EngineClosedError
+from poolkit.async_engine import AsyncPoolingEngine, EngineClosedError, QueueFullError, QueueTimeoutError
 from poolkit.entrypoints.cli import engine_args, make_parser
-from poolkit.entrypoints.server import ServerSettings, build_app
+from poolkit.entrypoints.server import build_app
 from poolkit.settings import EngineArgs
 
 pytestmark = pytest.mark.unit
@@ -30,7 +32,7 @@ def llm(tiny) -> LLM:
 @contextlib.asynccontextmanager
 async def serving(llm: LLM, **engine_options):
     engine = AsyncPoolingEngine(llm, **engine_options)
-    app = build_app(engine, ServerSettings(served_model_names=["tiny-cls"]))
+    app = build_app(engine)
     engine.start()
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
@@ -63,17 +65,108 @@ async def test_classify_labels_and_probs_match_offline(llm) -> None:
         assert (await client.get("/health")).status_code == 200
 
 
-async def test_overload_answers_429_with_retry_after(llm) -> None:
-    async with serving(llm, batch_wait_ms=400, max_queued_tokens=20) as (_, client):
-        first = asyncio.create_task(client.post("/classify", json={"input": ids(12)}))
-        await asyncio.sleep(0.15)  # the first request now waits in the queue for batch partners
-        second = await client.post("/classify", json={"input": ids(12)})
-        assert second.status_code == 429
-        assert int(second.headers["Retry-After"]) >= 1
-        assert second.json() == {"object": "error", "message": second.json()["message"], "type": "RateLimitError",
-                                 "param": None, "code": 429}
-        assert (await first).status_code == 200
+async def until(condition, what: str, timeout: float = 30.0) -> None:
+    """Yield to the event loop until ``condition()`` holds (explicit synchronisation, not a guess at speed)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        await asyncio.sleep(0.001)
+
+
+@contextlib.contextmanager
+def held_worker(llm: LLM, monkeypatch):
+    """The model worker blocks inside its next batch until released: work stays queued by construction."""
+    entered, release = threading.Event(), threading.Event()
+    real_execute = llm.engine.execute
+
+    def execute(*args, **kwargs):
+        entered.set()
+        assert release.wait(30), "the test never released the worker"
+        return real_execute(*args, **kwargs)
+
+    monkeypatch.setattr(llm.engine, "execute", execute)
+    try:
+        yield entered
+    finally:
+        release.set()
+
+
+async def test_overload_answers_429_with_retry_after(llm, monkeypatch) -> None:
+    async with serving(llm, batch_wait_ms=0, max_queued_tokens=20) as (engine, client):
+        with held_worker(llm, monkeypatch) as entered:
+            running = asyncio.create_task(client.post("/classify", json={"input": ids(12)}))
+            await until(entered.is_set, "the worker to take the first request")
+            queued = asyncio.create_task(client.post("/classify", json={"input": ids(12)}))
+            await until(lambda: engine.queued_tokens == 12, "the second request to be queued")
+            refused = await client.post("/classify", json={"input": ids(12)})  # 12 + 12 > 20
+            assert refused.status_code == 429
+            assert int(refused.headers["Retry-After"]) >= 1
+            assert refused.json() == {"object": "error", "message": refused.json()["message"],
+                                      "type": "RateLimitError", "param": None, "code": 429}
+        assert (await running).status_code == 200 and (await queued).status_code == 200
         assert (await client.post("/classify", json={"input": ids(12)})).status_code == 200  # room again
+
+
+def test_admission_by_expected_wait(llm) -> None:
+    """Admission is by the time the queued work takes at the measured speed; Retry-After comes from it."""
+    engine = AsyncPoolingEngine(llm, max_queue_wait=2.0)
+    engine.admit()  # speed not measured yet: only the token cap applies
+    engine._tokens_per_s = 100.0  # what the worker measures from real batches
+    engine._queued_tokens = 150  # 1.5 s of work
+    engine.admit()
+    engine._queued_tokens = 450  # 4.5 s
+    with pytest.raises(QueueFullError, match="waiting ~4.5 s") as info:
+        engine.admit()
+    assert info.value.retry_after == 3  # until the expected wait is back under 2 s
+    assert AsyncPoolingEngine(llm, max_queue_wait=0)._deadline() == float("inf")
+
+
+class Skips:
+    def __init__(self) -> None:
+        self.skipped: dict[str, int] = {}
+
+    def observe_queue_wait(self, seconds) -> None: ...
+
+    def observe_batch(self, num_seqs, num_tokens, seconds) -> None: ...
+
+    def set_queued_tokens(self, tokens) -> None: ...
+
+    def add_skipped_tokens(self, reason, tokens) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + tokens
+
+
+async def test_expired_and_cancelled_work_is_not_run(llm, monkeypatch) -> None:
+    stats = Skips()
+    engine = AsyncPoolingEngine(llm, batch_wait_ms=0, max_queue_wait=0.05, stats=stats)
+    engine.start()
+    ran: list[list[int]] = []
+    try:
+        with held_worker(llm, monkeypatch) as entered:
+            real = llm.engine.execute
+
+            def record(prompts, *args, **kwargs):
+                ran.extend(p.input_ids for p in prompts)
+                return real(prompts, *args, **kwargs)
+
+            monkeypatch.setattr(llm.engine, "execute", record)
+            first = asyncio.create_task(engine.process("classify", ids(5)))
+            await until(entered.is_set, "the worker to take the first request")
+            expired = asyncio.create_task(engine.process("classify", ids(6)))
+            abandoned = asyncio.create_task(engine.process("classify", ids(7)))
+            await until(lambda: engine.queued_tokens == 13, "both requests to be queued")
+            abandoned.cancel()  # the caller went away while its work was queued
+            deadline = time.monotonic() + 2 * 0.05
+            await until(lambda: time.monotonic() > deadline, "the queued request's deadline to pass")
+        assert len((await first)[0].outputs.probs) == 3
+        with pytest.raises(QueueTimeoutError, match="waited more than 0.1 s"):
+            await expired
+        with pytest.raises(asyncio.CancelledError):
+            await abandoned
+        await until(lambda: engine.queued_tokens == 0, "the queue to empty")
+    finally:
+        await engine.close()
+    assert ids(6) not in ran and ids(7) not in ran
+    assert stats.skipped == {"expired": 6, "cancelled": 7}
 
 
 async def test_failure_inside_merged_batch_fails_only_its_request(llm, monkeypatch) -> None:
@@ -88,9 +181,11 @@ async def test_failure_inside_merged_batch_fails_only_its_request(llm, monkeypat
         return real_execute(prompts, options, use_tqdm, progress)
 
     monkeypatch.setattr(llm.engine, "execute", execute)
-    async with serving(llm, batch_wait_ms=150) as (_, client):
-        bodies = [{"input": t} for t in TEXTS]
-        bodies.insert(2, {"input": poison})
+    bodies = [{"input": t} for t in TEXTS]
+    bodies.insert(2, {"input": poison})
+    # The batch closes when its token budget is full, i.e. once every request is queued: merged by construction.
+    budget = sum(len(p) for p in llm.prepare("classify", TEXTS).prompts) + len(poison)
+    async with serving(llm, batch_wait_ms=60_000, max_batch_tokens=budget) as (_, client):
         responses = await asyncio.gather(*(client.post("/classify", json=b) for b in bodies))
     assert calls[0] == len(bodies)  # all requests were merged into one engine call
     assert [r.status_code for r in responses] == [200, 200, 500, 200, 200, 200]
@@ -120,15 +215,16 @@ async def test_large_request_is_chunked_and_keeps_order(llm, monkeypatch) -> Non
 
 
 async def test_close_drains_queued_work_then_refuses(llm) -> None:
-    engine = AsyncPoolingEngine(llm, batch_wait_ms=300)
-    app = build_app(engine, ServerSettings(served_model_names=["tiny-cls"]))
+    # A batch window of a minute keeps everything queued until close(), which runs it before it stops.
+    engine = AsyncPoolingEngine(llm, batch_wait_ms=60_000, max_queue_wait=0)
+    app = build_app(engine)
     engine.start()
-    request = llm.prepare("classify", TEXTS, PoolingParams())
-    pending = [engine.submit([p], [o]) for p, o in zip(request.prompts, request.options)]  # queued now, synchronously
-    assert engine.queued_tokens == sum(len(p) for p in request.prompts)
+    total = sum(len(p) for p in llm.prepare("classify", TEXTS).prompts)
+    pending = [asyncio.create_task(engine.process("classify", [text])) for text in TEXTS]
+    await until(lambda: engine.queued_tokens == total, "every request to be queued")
     await engine.close()
     results = [await p for p in pending]
-    assert all(len(r) == 1 and r[0].shape == (3,) for r in results)
+    assert all(len(r) == 1 and r[0].outputs.num_classes == 3 for r in results)
     with pytest.raises(EngineClosedError):
         await engine.process("classify", TEXTS, PoolingParams())
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:

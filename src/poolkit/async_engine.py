@@ -1,17 +1,31 @@
-"""Async front of the engine for the server: cross-request batching on one model thread.
+"""Async front of the engine for the server: cross-request batching on one model thread, and a queue that
+sheds load by time.
 
 One :class:`AsyncPoolingEngine` owns the model of an ``LLM`` and drives the
-same task layer (:mod:`poolkit.tasks`) as the offline API: a request is
-prepared (checked, prompted, tokenized) off the event loop on one tokenizer
-thread (fast tokenizers are not safe to reconfigure from several threads, and
-truncation reconfigures them); invalid input raises ``ValueError``/``TypeError``
-there, before any batching. Valid work goes into a queue bounded in tokens; ONE
-model worker thread takes everything queued within a short window (a few ms)
-up to a token budget, runs ``PoolingEngine.execute`` once on the merged batch
-and resolves each request's future on its event loop. If a merged batch
-fails, every request in it is retried on its own, so one bad request never
-fails the others. The task turns the pooled NumPy arrays into the same output
-objects ``LLM`` returns: callers above this module never touch torch.
+same task layer (:mod:`poolkit.tasks`) as the offline API.
+
+- **Admission, before any work**: a request is refused at once
+  (:class:`QueueFullError`, 429 with ``Retry-After``) when the work already
+  queued would keep it waiting longer than ``max_queue_wait`` (queued tokens /
+  the measured tokens per second), or the queue holds ``max_queued_tokens``.
+- **Tokenization that cannot block others**: requests are prepared off the
+  event loop on two tokenizer threads, each with its own tokenizer (fast
+  tokenizers must not be reconfigured from two threads at once): small requests
+  take the *express* lane; large ones the *bulk* lane, slice by slice, each
+  slice queued for the model as soon as it is tokenized, so two large requests
+  interleave and the model starts before the whole request is tokenized.
+  Invalid input raises ``ValueError``/``TypeError`` there, before batching.
+- **Batching**: ONE model worker thread takes everything queued within a short
+  window (a few ms) up to a token budget and runs ``PoolingEngine.execute``
+  once on the merged batch. If a merged batch fails, every request in it is
+  retried on its own, so one bad request never fails the others.
+- **Cancelled and expired work is not run**: a request whose caller went away
+  (its coroutine cancelled) drops its queued slices; a request still queued
+  twice ``max_queue_wait`` after it arrived fails with :class:`QueueTimeoutError`
+  (503) instead of running late.
+
+The task turns the pooled NumPy arrays into the same output objects ``LLM``
+returns: callers above this module never touch torch.
 """
 
 from __future__ import annotations
@@ -19,12 +33,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import copy
+import dataclasses
 import functools
 import logging
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -32,20 +48,34 @@ from typing import Any, Protocol
 import numpy as np
 
 from .engine import LLM
-from .inputs import TokenizedPrompt
+from .inputs import InputProcessor, TokenizedPrompt, normalize_prompts
 from .outputs import RequestOutput
 from .params import HeadOptions
-from .tasks import PreparedRequest, counter_ids
+from .settings import BatchingArgs
+from .tasks import PreparedRequest, Tasks, counter_ids, params_list
 
 logger = logging.getLogger(__name__)
 
+# Requests with at most this many characters are tokenized on the express lane.
+EXPRESS_CHARS = 32_768
+# Large requests are tokenized (and queued) in slices of about this many characters.
+SLICE_CHARS = 131_072
+# What a token costs in characters, for estimates made before tokenizing (English-like text: ~4).
+CHARS_PER_TOKEN = 4
+# A request still queued this many times max_queue_wait after it arrived is failed, not run.
+DEADLINE_FACTOR = 2.0
+
 
 class QueueFullError(RuntimeError):
-    """The queue holds more tokens than allowed; retry after ``retry_after`` seconds."""
+    """Too much work is queued; retry after ``retry_after`` seconds (HTTP 429)."""
 
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class QueueTimeoutError(RuntimeError):
+    """The request waited in the queue past its deadline and was not run (HTTP 503)."""
 
 
 class EngineClosedError(RuntimeError):
@@ -65,13 +95,18 @@ class EngineStats(Protocol):
 
     def set_queued_tokens(self, tokens: int) -> None: ...
 
+    def add_skipped_tokens(self, reason: str, tokens: int) -> None: ...
+
 
 @dataclass(eq=False)
 class _Work:
+    """A slice of one request in the queue (a request larger than the batch budget is several)."""
+
     prompts: list[TokenizedPrompt]
     options: list[HeadOptions]
     future: asyncio.Future[list[np.ndarray]]
     num_tokens: int
+    deadline: float
     enqueued: float = field(default_factory=time.monotonic)
 
 
@@ -84,55 +119,67 @@ def _resolve(future: asyncio.Future[Any], value: Any, error: BaseException | Non
         future.set_result(value)
 
 
+def count_chars(value: Any) -> int:
+    """Characters in the texts of a request's arguments (token-id prompts count one per token)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, (list, tuple)):
+        return sum(count_chars(v) if isinstance(v, (str, list, tuple)) else 1 for v in value)
+    return 0
+
+
+@dataclass
+class _Lane:
+    """A tokenizer thread with its own copy of the tasks (tokenizer state is per thread)."""
+
+    tasks: Tasks
+    pool: ThreadPoolExecutor
+
+    async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        call = functools.partial(fn, self.tasks, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self.pool, call)
+
+
 class AsyncPoolingEngine:
     """Serve an ``LLM`` to many concurrent asyncio callers.
 
     Args:
         llm: the loaded offline engine; its ``PoolingEngine`` is used from one thread only.
-        batch_wait_ms: how long the worker waits after the latest queued request
-            for others to join its batch (it also waits for requests still being
-            tokenized).
-        max_batch_wait_ms: the longest a request waits for partners (default
-            10 × ``batch_wait_ms``).
-        max_batch_tokens: tokens (sum of prompt lengths) merged into one
-            ``execute`` call; large requests are split into chunks of this size
-            so they interleave with small ones. Default: the engine's
-            ``max_num_batched_tokens``.
-        max_queued_tokens: queued tokens beyond which new requests get
-            :class:`QueueFullError` (a request arriving at an empty queue is
-            always accepted).
+        args: :class:`~poolkit.settings.BatchingArgs` (batch window, batch budget,
+            queue limits); keyword ``overrides`` replace single fields.
         stats: optional metrics sink.
     """
 
-    def __init__(
-        self,
-        llm: LLM,
-        *,
-        batch_wait_ms: float = 2.0,
-        max_batch_wait_ms: float | None = None,
-        max_batch_tokens: int | None = None,
-        max_queued_tokens: int = 1 << 20,
-        stats: EngineStats | None = None,
-    ) -> None:
+    def __init__(self, llm: LLM, args: BatchingArgs | None = None, *, stats: EngineStats | None = None,
+                 **overrides: Any) -> None:
+        self.args = dataclasses.replace(args or BatchingArgs(), **overrides)
         self.llm = llm
         self.engine = llm.engine
         self.tasks = llm.tasks
         self.model_config = llm.model_config
-        self.batch_wait_s = max(0.0, batch_wait_ms) / 1000.0
-        self.max_batch_wait_s = max(self.batch_wait_s, (max_batch_wait_ms if max_batch_wait_ms is not None
-                                                        else 10 * batch_wait_ms) / 1000.0)
-        self.max_batch_tokens = max(1, max_batch_tokens or self.engine.scheduler_config.max_num_batched_tokens)
-        self.max_queued_tokens = max_queued_tokens
+        self.batch_wait_s = self.args.batch_wait_ms / 1000.0
+        max_wait_ms = self.args.max_batch_wait_ms
+        self.max_batch_wait_s = max(self.batch_wait_s, (10 * self.args.batch_wait_ms if max_wait_ms is None
+                                                        else max_wait_ms) / 1000.0)
+        self.max_batch_tokens = max(1, self.args.max_batch_tokens
+                                    or self.engine.scheduler_config.max_num_batched_tokens)
+        self.max_queued_tokens = self.args.max_queued_tokens
+        self.max_queue_wait = self.args.max_queue_wait
         self.stats = stats
         self._queue: collections.deque[_Work] = collections.deque()
         self._queued_tokens = 0
         self._cond = threading.Condition()
         self._closing = False
         self._incoming = 0  # requests accepted and being tokenized, not yet queued
-        self._tokens_per_s = 0.0  # moving average, for Retry-After
+        self._incoming_tokens = 0  # their estimated tokens
+        self._tokens_per_s = 0.0  # moving average of the model's speed, for admission and Retry-After
         self._worker: threading.Thread | None = None
         self._request_ids = counter_ids()
-        self._tokenizer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="poolkit-tokenizer")
+        processor = self.tasks.processor
+        express_tasks = Tasks(self.model_config, InputProcessor(copy.deepcopy(processor.tokenizer),
+                                                                self.model_config))
+        self._express = _Lane(express_tasks, ThreadPoolExecutor(1, thread_name_prefix="poolkit-tokenize-express"))
+        self._bulk = _Lane(self.tasks, ThreadPoolExecutor(1, thread_name_prefix="poolkit-tokenize-bulk"))
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -158,117 +205,164 @@ class AsyncPoolingEngine:
             await asyncio.get_running_loop().run_in_executor(None, self._worker.join, timeout)
             if self._worker.is_alive():
                 logger.warning("Model worker still busy after %.1f s; leaving it behind", timeout or 0.0)
-        self._tokenizer.shutdown(wait=False, cancel_futures=True)
+        for lane in (self._express, self._bulk):
+            lane.pool.shutdown(wait=False, cancel_futures=True)
 
-    # -- building blocks ------------------------------------------------------
+    # -- admission ----------------------------------------------------------------
+
+    def expected_wait(self) -> float:
+        """Seconds a request arriving now would wait for the model (0 until the speed is measured)."""
+        if self._tokens_per_s <= 0:
+            return 0.0
+        return (self._queued_tokens + self._incoming_tokens) / self._tokens_per_s
+
+    def admit(self) -> None:
+        """Refuse at once what would wait too long (``QueueFullError``) or arrives while closing."""
+        if self._closing:
+            raise EngineClosedError("The server is shutting down")
+        wait = self.expected_wait()
+        if self.max_queue_wait and wait > self.max_queue_wait:
+            raise QueueFullError(
+                f"The server is overloaded: queued work would keep this request waiting ~{wait:.1f} s "
+                f"(limit {self.max_queue_wait:g} s); retry later",
+                int(min(60, max(1, math.ceil(wait - self.max_queue_wait)))),
+            )
+        if self._queued_tokens >= self.max_queued_tokens:
+            raise QueueFullError(
+                f"The server is overloaded: {self._queued_tokens} tokens are queued (limit "
+                f"{self.max_queued_tokens}); retry later",
+                int(min(60, max(1, math.ceil(wait)))),
+            )
+
+    def _deadline(self) -> float:
+        if not self.max_queue_wait:
+            return math.inf
+        return time.monotonic() + DEADLINE_FACTOR * self.max_queue_wait
 
     @contextlib.contextmanager
-    def _arriving(self) -> Iterator[None]:
-        """Mark a request as on its way to the queue (the worker waits for it to join a batch)."""
-        self._incoming += 1
+    def _arriving(self, estimated_tokens: int) -> Iterator[None]:
+        """Mark a request as on its way to the queue (the worker waits for it; admission counts it)."""
+        with self._cond:
+            self._incoming += 1
+            self._incoming_tokens += estimated_tokens
         try:
             yield
         finally:
             with self._cond:
                 self._incoming -= 1
+                self._incoming_tokens -= estimated_tokens
                 self._cond.notify()
-
-    async def _in_tokenizer(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        if self._closing:
-            raise EngineClosedError("The server is shutting down")
-        call = functools.partial(fn, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self._tokenizer, call)
-
-    async def tokenize_text(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        """Token ids of one text, without the length check (for ``/tokenize``)."""
-        return await self._in_tokenizer(self.tasks.processor.tokenize, text, add_special_tokens)
-
-    async def detokenize(self, token_ids: Sequence[int]) -> str:
-        processor = self.tasks.processor
-        bad = [t for t in token_ids if t < 0 or t >= processor.vocab_size]
-        if bad:
-            raise ValueError(f"Token id {bad[0]} is outside the vocabulary (size {processor.vocab_size})")
-        return await self._in_tokenizer(processor.tokenizer.decode, list(token_ids))
-
-    def submit(self, prompts: Sequence[TokenizedPrompt], options: Sequence[HeadOptions]) -> Awaitable[list[np.ndarray]]:
-        """Queue now (raising :class:`QueueFullError` / :class:`EngineClosedError` at once); await the outputs.
-
-        A request larger than ``max_batch_tokens`` is queued as several chunks so
-        that it interleaves with small requests instead of holding them up.
-        """
-        loop = asyncio.get_running_loop()
-        if self._closing:
-            raise EngineClosedError("The server is shutting down")
-        items: list[_Work] = []
-        start, tokens = 0, 0
-        for i, prompt in enumerate(prompts):  # chunks of at most max_batch_tokens (one prompt at least)
-            if i > start and tokens + len(prompt) > self.max_batch_tokens:
-                items.append(_Work(list(prompts[start:i]), list(options[start:i]), loop.create_future(), tokens))
-                start, tokens = i, 0
-            tokens += len(prompt)
-        if start < len(prompts):
-            items.append(_Work(list(prompts[start:]), list(options[start:]), loop.create_future(), tokens))
-        total = sum(w.num_tokens for w in items)
-        with self._cond:
-            if self._closing:
-                raise EngineClosedError("The server is shutting down")
-            if self._queued_tokens and self._queued_tokens + total > self.max_queued_tokens:
-                raise QueueFullError(
-                    f"The server is overloaded: {self._queued_tokens} tokens are queued (limit "
-                    f"{self.max_queued_tokens}); retry later",
-                    self._retry_after(),
-                )
-            self._queue.extend(items)
-            self._queued_tokens += total
-            self._cond.notify()
-        if self.stats is not None:
-            self.stats.set_queued_tokens(self._queued_tokens)
-        return self._collect(items)
-
-    @staticmethod
-    async def _collect(items: list[_Work]) -> list[np.ndarray]:
-        try:
-            results = await asyncio.gather(*(w.future for w in items))
-        except BaseException:
-            for w in items:  # one chunk failed (or we were cancelled): drop the rest of this request
-                if not w.future.done():
-                    w.future.cancel()
-                else:
-                    w.future.cancelled() or w.future.exception()  # mark retrieved: no "never retrieved" noise
-            raise
-        return [value for chunk in results for value in chunk]
-
-    def check_capacity(self) -> None:
-        """Fail fast (before tokenizing) when the queue is already full."""
-        if self._closing:
-            raise EngineClosedError("The server is shutting down")
-        if self._queued_tokens >= self.max_queued_tokens:
-            raise QueueFullError(
-                f"The server is overloaded: {self._queued_tokens} tokens are queued (limit "
-                f"{self.max_queued_tokens}); retry later",
-                self._retry_after(),
-            )
-
-    def _retry_after(self) -> int:
-        if self._tokens_per_s <= 0:
-            return 1
-        return int(min(60, max(1, math.ceil(self._queued_tokens / self._tokens_per_s))))
 
     # -- requests -------------------------------------------------------------------
 
     async def process(self, task: str, *args: Any, **kwargs: Any) -> list[RequestOutput[Any]]:
         """Like ``LLM.<task>(*args, **kwargs)``, batched with every other caller's work.
 
-        The queue is checked before tokenizing (a full queue answers at once), the
-        request is prepared on the tokenizer thread, queued, and its outputs built
-        by the task when the model worker is done.
+        Admission is checked before tokenizing; the request is prepared on a
+        tokenizer lane, queued (a large one slice by slice), and its outputs built
+        by the task when the model worker is done. Cancelling the caller drops the
+        request's queued work.
         """
-        self.check_capacity()
-        with self._arriving():
-            request: PreparedRequest = await self._in_tokenizer(self.tasks.prepare, task, *args, **kwargs)
-            pending = self.submit(request.prompts, request.options)
-        pooled = await pending
-        return self.tasks.finish(request, pooled, self._request_ids)
+        self.admit()
+        chars = count_chars(args)
+        deadline = self._deadline()
+        parts: list[tuple[PreparedRequest, list[_Work]]] = []
+        try:
+            with self._arriving(chars // CHARS_PER_TOKEN + 1):
+                if chars <= EXPRESS_CHARS or not self.tasks[task].per_input:
+                    lane = self._express if chars <= EXPRESS_CHARS else self._bulk
+                    request = await lane.run(Tasks.prepare, task, *args, **kwargs)
+                    parts.append((request, self._enqueue(request, deadline, first=True)))
+                else:
+                    async for request in self._prepare_slices(task, args, kwargs):
+                        parts.append((request, self._enqueue(request, deadline, first=not parts)))
+            pooled = await self._collect([w for _, items in parts for w in items])
+        except BaseException:
+            self._cancel([w for _, items in parts for w in items])
+            raise
+        outputs: list[RequestOutput[Any]] = []
+        start = 0
+        for request, _ in parts:
+            outputs += self.tasks.finish(request, pooled[start:start + len(request.prompts)], self._request_ids)
+            start += len(request.prompts)
+        return outputs
+
+    async def _prepare_slices(self, task: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Prepare a large per-input request slice by slice on the bulk lane (``first_index`` keeps messages right)."""
+        items = normalize_prompts(args[0])
+        params = params_list(args[1] if len(args) > 1 else kwargs.pop("pooling_params", None), len(items))
+        start = 0
+        while start < len(items):
+            end, chars = start, 0
+            while end < len(items) and (end == start or chars + count_chars(items[end]) <= SLICE_CHARS):
+                chars += count_chars(items[end])
+                end += 1
+            yield await self._bulk.run(Tasks.prepare, task, items[start:end], params[start:end],
+                                       first_index=start, **kwargs)
+            start = end
+
+    async def tokenize_text(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of one text, without the length check (for ``/tokenize``)."""
+        if self._closing:
+            raise EngineClosedError("The server is shutting down")
+        return await self._express.run(lambda tasks: tasks.processor.tokenize(text, add_special_tokens))
+
+    async def detokenize(self, token_ids: Sequence[int]) -> str:
+        processor = self.tasks.processor
+        bad = [t for t in token_ids if t < 0 or t >= processor.vocab_size]
+        if bad:
+            raise ValueError(f"Token id {bad[0]} is outside the vocabulary (size {processor.vocab_size})")
+        return await self._express.run(lambda tasks: tasks.processor.tokenizer.decode(list(token_ids)))
+
+    def _enqueue(self, request: PreparedRequest, deadline: float, first: bool) -> list[_Work]:
+        """Queue a prepared request now, in slices of at most ``max_batch_tokens`` (at least one prompt each),
+        so that a large request interleaves with small ones instead of holding them up.
+
+        The token cap (``max_queued_tokens``, now that the request's tokens are known) applies to a
+        request's ``first`` part; the rest of an admitted request is not refused half-way.
+        """
+        loop = asyncio.get_running_loop()
+        prompts, options = request.prompts, request.options
+        items: list[_Work] = []
+        start, tokens = 0, 0
+        for i, prompt in enumerate(prompts):
+            if i > start and tokens + len(prompt) > self.max_batch_tokens:
+                items.append(_Work(prompts[start:i], options[start:i], loop.create_future(), tokens, deadline))
+                start, tokens = i, 0
+            tokens += len(prompt)
+        if start < len(prompts):
+            items.append(_Work(prompts[start:], options[start:], loop.create_future(), tokens, deadline))
+        total = sum(w.num_tokens for w in items)
+        with self._cond:
+            if self._closing:
+                raise EngineClosedError("The server is shutting down")
+            if first and self._queued_tokens and self._queued_tokens + total > self.max_queued_tokens:
+                raise QueueFullError(
+                    f"The server is overloaded: {self._queued_tokens} tokens are queued and this request has "
+                    f"{total} (limit {self.max_queued_tokens}); retry later",
+                    int(min(60, max(1, math.ceil(self.expected_wait())))),
+                )
+            self._queue.extend(items)
+            self._queued_tokens += total
+            queued = self._queued_tokens
+            self._cond.notify()
+        if self.stats is not None:
+            self.stats.set_queued_tokens(queued)
+        return items
+
+    @staticmethod
+    async def _collect(items: list[_Work]) -> list[np.ndarray]:
+        results = await asyncio.gather(*(w.future for w in items))
+        return [value for chunk in results for value in chunk]
+
+    @staticmethod
+    def _cancel(items: list[_Work]) -> None:
+        """Drop a failed or abandoned request's queued slices (the worker skips cancelled ones)."""
+        for w in items:
+            if not w.future.done():
+                w.future.cancel()
+            else:
+                w.future.cancelled() or w.future.exception()  # mark retrieved: no "never retrieved" noise
 
     # -- the model worker thread ---------------------------------------------------
 
@@ -294,13 +388,29 @@ class AsyncPoolingEngine:
             tokens = 0
             while self._queue and (not batch or tokens + self._queue[0].num_tokens <= self.max_batch_tokens):
                 item = self._queue.popleft()
-                batch.append(item)
-                tokens += item.num_tokens
-            self._queued_tokens -= tokens
+                self._queued_tokens -= item.num_tokens
+                if not self._skipped(item):
+                    batch.append(item)
+                    tokens += item.num_tokens
             queued = self._queued_tokens
         if self.stats is not None:
             self.stats.set_queued_tokens(queued)
         return batch
+
+    def _skipped(self, item: _Work) -> bool:
+        """True for work that must not run: its caller went away, or it waited past its deadline."""
+        if item.future.cancelled():
+            reason = "cancelled"
+        elif time.monotonic() > item.deadline:
+            reason = "expired"
+            self._finish(item, None, QueueTimeoutError(
+                f"The request waited more than {DEADLINE_FACTOR * self.max_queue_wait:g} s in the queue and was "
+                "not run; retry later"))
+        else:
+            return False
+        if self.stats is not None:
+            self.stats.add_skipped_tokens(reason, item.num_tokens)
+        return True
 
     def _execute(self, prompts: list[TokenizedPrompt], options: list[HeadOptions]) -> list[np.ndarray]:
         return self.engine.execute(prompts, options, use_tqdm=False)
@@ -309,6 +419,9 @@ class AsyncPoolingEngine:
         now = time.monotonic()
         live = [w for w in batch if not w.future.cancelled()]
         if self.stats is not None:
+            for w in batch:
+                if w.future.cancelled():
+                    self.stats.add_skipped_tokens("cancelled", w.num_tokens)
             for w in live:
                 self.stats.observe_queue_wait(now - w.enqueued)
         if not live:
@@ -355,8 +468,9 @@ class AsyncPoolingEngine:
             pass
 
     def _worker_loop(self) -> None:
-        logger.info("Model worker started (batch wait %.1f ms, batch budget %d tokens, queue limit %d tokens)",
-                    self.batch_wait_s * 1000, self.max_batch_tokens, self.max_queued_tokens)
+        logger.info("Model worker started (batch wait %.1f ms, batch budget %d tokens, queue limits %d tokens "
+                    "and %gs of expected wait)", self.batch_wait_s * 1000, self.max_batch_tokens,
+                    self.max_queued_tokens, self.max_queue_wait)
         while True:
             batch = self._next_batch()
             if batch is None:

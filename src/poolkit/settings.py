@@ -362,3 +362,25 @@ class EngineArgs:
 
     def __repr__(self) -> str:
         return f"EngineArgs({describe(self)})"
+
+
+@dataclass
+class BatchingArgs:
+    """How the async engine merges many callers' requests, and when it refuses more (the server's queue)."""
+
+    batch_wait_ms: float = setting(2.0, help="window after the latest request for others to join its batch")
+    max_batch_wait_ms: float | None = setting(
+        None, help="longest a request waits for batch partners (None: 10 x batch_wait_ms)")
+    max_batch_tokens: int | None = setting(
+        None, help="prompt tokens merged into one engine call (None: the engine's max_num_batched_tokens)",
+        parse=parse_optional_int)
+    max_queued_tokens: int = setting(1 << 20, help="queued tokens beyond which requests get 429 + Retry-After")
+    max_queue_wait: float = setting(
+        5.0, help="seconds a new request may expect to wait for the model (queued tokens / measured tokens per "
+                  "second); beyond it the request gets 429 at once, with Retry-After from the estimate, and a "
+                  "request still queued twice as long after it arrived gets 503 instead of running. 0: no limit")
+
+    def __post_init__(self) -> None:
+        for name in ("batch_wait_ms", "max_queue_wait"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")

@@ -6,7 +6,6 @@ holds every request/response schema; ``context``, ``errors``, ``middleware`` and
 """
 
 from .app import build_app
-from .context import ServerSettings
 from .run import run_server
 
-__all__ = ["ServerSettings", "build_app", "run_server"]
+__all__ = ["build_app", "run_server"]

@@ -18,8 +18,9 @@ from starlette.responses import Response
 
 from ... import __version__
 from ...async_engine import AsyncPoolingEngine
+from ..server_args import ServerArgs
 from . import classify, embeddings, pooling, score, system, tokenize
-from .context import ServerContext, ServerSettings
+from .context import ServerContext
 from .errors import error_response, install_error_handlers
 from .metrics import ServerMetrics
 from .middleware import ServerMiddleware
@@ -39,8 +40,10 @@ ENDPOINTS: tuple[tuple[APIRouter, str | None], ...] = (
 DOCS_PATHS = frozenset({"/docs", "/openapi.json", "/redoc"})
 
 
-def build_app(engine: AsyncPoolingEngine, settings: ServerSettings, metrics: ServerMetrics | None = None) -> FastAPI:
+def build_app(engine: AsyncPoolingEngine, settings: ServerArgs | None = None,
+              metrics: ServerMetrics | None = None) -> FastAPI:
     """The FastAPI app for one engine. Its lifespan starts the model worker and drains it on shutdown."""
+    settings = settings or ServerArgs()
     context = ServerContext(engine, settings, metrics or ServerMetrics())
     app = FastAPI(
         title="poolkit",

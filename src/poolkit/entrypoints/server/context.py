@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -17,33 +16,23 @@ from fastapi import Depends, Request
 from ...async_engine import AsyncPoolingEngine
 from ...config import ModelConfig
 from ...outputs import RequestOutput
+from ..server_args import ServerArgs
 from .errors import APIError, engine_errors
 from .metrics import ServerMetrics
 from .protocol import PromptInput, UsageInfo
 
 
-@dataclass
-class ServerSettings:
-    """HTTP-layer limits and identity (the engine's knobs live on the engine)."""
-
-    served_model_names: list[str]
-    api_key: str | None = None
-    max_inputs_per_request: int = 2048
-    max_input_chars: int = 100_000
-    max_request_bytes: int = 64 * 1024 * 1024
-    shutdown_timeout: float | None = 30.0  # for the model worker to finish queued work
-    created: int = field(default_factory=lambda: int(time.time()))
-
-
 class ServerContext:
     """The engine and settings behind an app, with the checks shared by its endpoints."""
 
-    def __init__(self, engine: AsyncPoolingEngine, settings: ServerSettings, metrics: ServerMetrics) -> None:
+    def __init__(self, engine: AsyncPoolingEngine, settings: ServerArgs, metrics: ServerMetrics) -> None:
         self.engine = engine
         self.settings = settings
         self.metrics = metrics
         self.model_config: ModelConfig = engine.model_config
-        self.served_names = list(settings.served_model_names or [self.model_config.served_model_name])
+        # Every name clients may use; the first is reported back (the engine's settings hold them all).
+        self.served_names = list(engine.llm.args.served_model_name or [self.model_config.served_model_name])
+        self.created = int(time.time())
 
     @property
     def supported_methods(self) -> frozenset[str]:

@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from ...async_engine import EngineClosedError, EngineExecutionError, QueueFullError
+from ...async_engine import EngineClosedError, EngineExecutionError, QueueFullError, QueueTimeoutError
 from .protocol import ErrorResponse
 from .responses import ModelResponse
 
@@ -76,7 +76,7 @@ def engine_errors() -> Iterator[None]:
         yield
     except QueueFullError as exc:
         raise APIError(429, str(exc), {"Retry-After": str(exc.retry_after)}) from None
-    except EngineClosedError as exc:
+    except (EngineClosedError, QueueTimeoutError) as exc:
         raise APIError(503, str(exc)) from None
     except EngineExecutionError as exc:
         raise APIError(500, str(exc)) from None

@@ -43,6 +43,10 @@ class ServerMetrics:
             "poolkit_batch_execute_seconds", "Model time per merged batch", buckets=_LATENCY_BUCKETS, registry=r
         )
         self.queued_tokens = Gauge("poolkit_queued_tokens", "Tokens waiting for the model worker", registry=r)
+        self.skipped_tokens = Counter(
+            "poolkit_skipped_tokens", "Queued tokens never run: their caller went away (cancelled) or they waited "
+            "past their deadline (expired)", ["reason"], registry=r,
+        )
 
     # -- HTTP layer --
     def request_started(self, endpoint: str) -> None:
@@ -65,6 +69,9 @@ class ServerMetrics:
         self.batch_size.observe(num_seqs)
         self.batch_tokens.observe(num_tokens)
         self.batch_seconds.observe(seconds)
+
+    def add_skipped_tokens(self, reason: str, tokens: int) -> None:
+        self.skipped_tokens.labels(reason).inc(tokens)
 
     def set_queued_tokens(self, tokens: int) -> None:
         self.queued_tokens.set(tokens)

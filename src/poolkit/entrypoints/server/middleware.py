@@ -13,7 +13,7 @@ from collections.abc import Collection
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .context import ServerSettings
+from ..server_args import ServerArgs
 from .errors import error_response
 from .metrics import ServerMetrics
 
@@ -24,7 +24,7 @@ PUBLIC_PATHS = frozenset({"/health"})
 class ServerMiddleware:
     """API key (constant-time compare), ``Content-Length`` limit, and per-endpoint request metrics."""
 
-    def __init__(self, app: ASGIApp, settings: ServerSettings, metrics: ServerMetrics,
+    def __init__(self, app: ASGIApp, settings: ServerArgs, metrics: ServerMetrics,
                  endpoints: Collection[str]) -> None:
         self.app = app
         self.key = settings.api_key.encode() if settings.api_key else None

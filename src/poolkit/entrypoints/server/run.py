@@ -9,7 +9,6 @@ from ...async_engine import AsyncPoolingEngine
 from ...engine import LLM
 from ..server_args import ServerArgs
 from .app import build_app
-from .context import ServerSettings
 from .metrics import ServerMetrics
 
 logger = logging.getLogger(__name__)
@@ -30,7 +29,7 @@ def run_server(args: argparse.Namespace) -> int:
         raise SystemExit(f"poolkit serve: error: {exc}") from None
     _warm_up(llm)
     metrics = ServerMetrics()
-    app = build_app(_async_engine(llm, server_args, metrics), _server_settings(llm, server_args), metrics)
+    app = build_app(_async_engine(llm, server_args, metrics), server_args, metrics)
     config = uvicorn.Config(
         app,
         host=server_args.host,
@@ -45,25 +44,7 @@ def run_server(args: argparse.Namespace) -> int:
 
 
 def _async_engine(llm: LLM, server_args: ServerArgs, metrics: ServerMetrics) -> AsyncPoolingEngine:
-    return AsyncPoolingEngine(
-        llm,
-        batch_wait_ms=server_args.batch_wait_ms,
-        max_batch_wait_ms=server_args.max_batch_wait_ms,
-        max_batch_tokens=server_args.max_batch_tokens,
-        max_queued_tokens=server_args.max_queued_tokens,
-        stats=metrics,
-    )
-
-
-def _server_settings(llm: LLM, server_args: ServerArgs) -> ServerSettings:
-    return ServerSettings(
-        served_model_names=list(llm.args.served_model_name or [llm.model_config.served_model_name]),
-        api_key=server_args.api_key or None,
-        max_inputs_per_request=server_args.max_inputs_per_request,
-        max_input_chars=server_args.max_input_chars,
-        max_request_bytes=server_args.max_request_bytes,
-        shutdown_timeout=server_args.shutdown_timeout,
-    )
+    return AsyncPoolingEngine(llm, server_args, stats=metrics)
 
 
 def _warm_up(llm: LLM) -> None:

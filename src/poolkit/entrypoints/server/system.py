@@ -32,7 +32,7 @@ async def metrics(ctx: Context) -> Response:
 @router.get("/v1/models", response_model=ModelList, responses=API_ERRORS, summary="The served model's names")
 async def list_models(ctx: Context) -> ModelResponse:
     mc = ctx.model_config
-    cards = [ModelCard(id=name, created=ctx.settings.created, root=mc.model, max_model_len=mc.max_model_len,
+    cards = [ModelCard(id=name, created=ctx.created, root=mc.model, max_model_len=mc.max_model_len,
                        task=mc.task, prompts=mc.prompts, default_prompt_name=mc.default_prompt_name)
              for name in ctx.served_names]
     return ModelResponse(ModelList(data=cards))
