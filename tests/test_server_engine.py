@@ -115,7 +115,7 @@ def test_admission_by_expected_wait(llm) -> None:
     engine._queued_tokens = 150  # 1.5 s of work
     engine.admit()
     engine._queued_tokens = 450  # 4.5 s
-    with pytest.raises(QueueFullError, match="waiting ~4.5 s") as info:
+    with pytest.raises(QueueFullError, match=r"waiting ~4\.5 s") as info:
         engine.admit()
     assert info.value.retry_after == 3  # until the expected wait is back under 2 s
     assert AsyncPoolingEngine(llm, max_queue_wait=0)._deadline() == float("inf")
@@ -158,7 +158,7 @@ async def test_expired_and_cancelled_work_is_not_run(llm, monkeypatch) -> None:
             deadline = time.monotonic() + 2 * 0.05
             await until(lambda: time.monotonic() > deadline, "the queued request's deadline to pass")
         assert len((await first)[0].outputs.probs) == 3
-        with pytest.raises(QueueTimeoutError, match="waited more than 0.1 s"):
+        with pytest.raises(QueueTimeoutError, match=r"waited more than 0\.1 s"):
             await expired
         with pytest.raises(asyncio.CancelledError):
             await abandoned
