@@ -97,3 +97,9 @@ def test_llm_refuses_a_budget_below_the_model_length(tiny) -> None:
     llm = LLM(path, dtype="float32", max_num_batched_tokens=64, max_model_len=64)
     assert llm.engine.scheduler_config.max_num_batched_tokens == 64
     assert "max_num_batched_tokens=64" in repr(llm) and "max_model_len=64" in repr(llm)
+
+
+def test_pooler_config_alias_of_vllm() -> None:
+    for flag in ("--override-pooler-config", "--pooler-config", "--pooler_config"):
+        args = make_parser().parse_args(["serve", "m", flag, '{"enable_chunked_processing": true}'])
+        assert from_arguments(EngineArgs, args).override_pooler_config == {"enable_chunked_processing": True}

@@ -269,7 +269,7 @@ class AsyncPoolingEngine:
         parts: list[tuple[PreparedRequest, list[_Work]]] = []
         try:
             with self._arriving(chars // CHARS_PER_TOKEN + 1):
-                if chars <= EXPRESS_CHARS or not self.tasks[task].per_input:
+                if chars <= EXPRESS_CHARS or not self.tasks[task].splittable:
                     lane = self._express if chars <= EXPRESS_CHARS else self._bulk
                     request = await lane.run(Tasks.prepare, task, *args, **kwargs)
                     parts.append((request, self._enqueue(request, deadline, first=True)))
@@ -283,7 +283,8 @@ class AsyncPoolingEngine:
         outputs: list[RequestOutput[Any]] = []
         start = 0
         for request, _ in parts:
-            outputs += self.tasks.finish(request, pooled[start:start + len(request.prompts)], self._request_ids)
+            outputs += self.tasks.finish(request, pooled[start:start + len(request.prompts)], self._request_ids,
+                                         head=self.engine.apply_head)
             start += len(request.prompts)
         return outputs
 

@@ -46,6 +46,13 @@ class PoolerConfig:
     ``activation`` (softmax/sigmoid on classifier and reward outputs; the older
     name ``softmax`` is accepted), ``dimensions`` (default Matryoshka size),
     ``step_tag_id`` and ``returned_token_ids`` for STEP pooling.
+
+    Long inputs (vLLM's names): ``enable_chunked_processing`` embeds an input
+    longer than ``max_model_len`` in chunks that each fit the model (the model's
+    special tokens re-added to every chunk), ``chunk_overlap`` tokens apart
+    (default 0), up to ``max_embed_len`` tokens (default: 32 x ``max_model_len``);
+    the chunks' pooled vectors are averaged, weighted by their token counts,
+    before the head (Dense, Matryoshka truncation, normalization).
     """
 
     pooling_type: str | None = None
@@ -55,6 +62,9 @@ class PoolerConfig:
     dimensions: int | None = None
     step_tag_id: int | None = None
     returned_token_ids: list[int] | None = None
+    enable_chunked_processing: bool | None = None
+    max_embed_len: int | None = None
+    chunk_overlap: int | None = None
 
     def __post_init__(self) -> None:
         if self.pooling_type is not None:

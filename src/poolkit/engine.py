@@ -80,6 +80,14 @@ class PoolingEngine:
         return results  # type: ignore[return-value]
 
 
+    @torch.inference_mode()
+    def apply_head(self, vectors: np.ndarray, options: Sequence[HeadOptions]) -> list[np.ndarray]:
+        """The pooler's head (Dense, Matryoshka, normalize) on already pooled ``(n, D)`` vectors: the merged
+        vectors of chunked long inputs."""
+        pooled = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).to(self.runner.device)
+        return [row.numpy() for row in self.pooler.head(pooled, options)]
+
+
 def _progress(total: int, use_tqdm: bool) -> tqdm:
     """A prompt progress bar; tqdm hides it by itself when stderr is not a terminal."""
     return tqdm(total=total, desc="Processed prompts", unit="prompt", disable=None if use_tqdm else True)
@@ -192,10 +200,12 @@ class LLM:
         *,
         truncate_prompt_tokens: int | None = None,
         use_tqdm: bool = True,
+        enable_chunked_processing: bool | None = None,
     ) -> list[PoolingRequestOutput]:
-        """The pooler's raw output per prompt (``outputs.data``, a tensor)."""
+        """The pooler's raw output per prompt (``outputs.data``, a tensor); long inputs as in :meth:`embed`."""
         return self._run("encode", prompts, pooling_params, use_tqdm=use_tqdm,
-                         truncate_prompt_tokens=truncate_prompt_tokens)
+                         truncate_prompt_tokens=truncate_prompt_tokens,
+                         enable_chunked_processing=enable_chunked_processing)
 
     def reward(
         self,
@@ -218,15 +228,19 @@ class LLM:
         use_tqdm: bool = True,
         prompt_name: str | None = None,
         prompt: str | None = None,
+        enable_chunked_processing: bool | None = None,
     ) -> list[EmbeddingRequestOutput]:
         """One embedding vector per prompt (``outputs.embedding``, a list of floats; ``outputs.numpy()``).
 
         ``prompt_name`` / ``prompt``: a Sentence-Transformers prompt put before every text (a name from
         the model's ``config_sentence_transformers.json``, or the text itself); without either, the
         model's ``default_prompt_name`` applies, as in ``SentenceTransformer.encode``.
+        ``enable_chunked_processing``: embed inputs longer than the model in chunks whose vectors are
+        merged (default: the pooler config's ``enable_chunked_processing``; see ``poolkit.tasks.chunking``).
         """
         return self._run("embed", prompts, pooling_params, use_tqdm=use_tqdm,
-                         truncate_prompt_tokens=truncate_prompt_tokens, prompt_name=prompt_name, prompt=prompt)
+                         truncate_prompt_tokens=truncate_prompt_tokens, prompt_name=prompt_name, prompt=prompt,
+                         enable_chunked_processing=enable_chunked_processing)
 
     def classify(
         self,
@@ -267,7 +281,7 @@ class LLM:
                 progress: tqdm | None = None) -> list[RequestOutput[Any]]:
         """Run a prepared request (from :meth:`prepare` or :meth:`Tasks.prepare`) and build its outputs."""
         pooled = self.engine.execute(request.prompts, request.options, use_tqdm, progress)
-        return self.tasks.finish(request, pooled, self._request_ids)
+        return self.tasks.finish(request, pooled, self._request_ids, head=self.engine.apply_head)
 
     # -- internals --------------------------------------------------------
 

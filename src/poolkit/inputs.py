@@ -124,11 +124,14 @@ class InputProcessor:
         return prefix + (body[len(body) - keep:] if left else body[:keep]) + suffix
 
     def encode(
-        self, prompts: Sequence[Prompt], truncate_prompt_tokens: int | None = None, first_index: int = 0
+        self, prompts: Sequence[Prompt], truncate_prompt_tokens: int | None = None, first_index: int = 0,
+        max_len: int | None = None,
     ) -> list[TokenizedPrompt]:
         """Tokenize texts in one batched call; token-id prompts pass through checked.
 
         ``first_index`` is the position of ``prompts[0]`` in the caller's input, for error messages.
+        ``max_len``: the longest prompt accepted (default: the model's limit; chunked processing takes
+        longer ones and splits them).
         """
         limit = self.resolve_truncation(truncate_prompt_tokens)
         texts = [(i, self.prepare_text(p)) for i, p in enumerate(prompts) if isinstance(p, str)]
@@ -154,7 +157,7 @@ class InputProcessor:
                     self.truncate_ids(ids, limit) if limit is not None and len(ids) > limit else ids,
                     num_input_tokens=len(ids))
         result = [p for p in out if p is not None]
-        self.check(result, first_index)
+        self.check(result, first_index, max_len)
         return result
 
     def encode_pairs(
@@ -179,10 +182,18 @@ class InputProcessor:
         self.check(result)
         return result
 
-    def check(self, prompts: Sequence[TokenizedPrompt], first_index: int = 0) -> None:
+    def check(self, prompts: Sequence[TokenizedPrompt], first_index: int = 0, max_len: int | None = None) -> None:
         for index, prompt in enumerate(prompts, start=first_index):
             if len(prompt) == 0:
                 raise ValueError(f"Prompt {index} is empty: it has no tokens to pool")
+            if max_len is not None and max_len != self.max_model_len:
+                if len(prompt) > max_len:
+                    raise ValueError(
+                        f"Prompt {index} has {len(prompt)} tokens, more than max_embed_len={max_len}, the longest "
+                        "input chunked processing takes. Raise max_embed_len in the pooler config, or pass "
+                        "truncate_prompt_tokens=-1 to cut it at the model's limit instead."
+                    )
+                continue
             if len(prompt) > self.max_model_len:
                 raise ValueError(
                     f"Prompt {index} has {len(prompt)} tokens, more than the model's maximum of "

@@ -197,6 +197,8 @@ def build_model_config(
         pooler = layer.over(pooler)
     if pooler.pooling_type == "STEP" and pooler.step_tag_id is None and pooler.returned_token_ids is None:
         logger.info("STEP pooling without step_tag_id keeps every token")
+    if pooler.enable_chunked_processing:
+        check_chunked_processing(pooler, resolved_task)
 
     limits = [v for v in (_max_positions(hf_config), st.get("max_seq_length"), tokenizer_max_length) if v]
     natural_limit = min(limits) if limits else 512
@@ -241,6 +243,16 @@ def build_model_config(
         is_sentence_transformer=bool(st),
         trust_remote_code=trust_remote_code,
     )
+
+
+def check_chunked_processing(pooler: PoolerConfig, task: str) -> None:
+    """Chunked processing merges one vector per chunk: only for embedding models pooling one vector per input."""
+    if task != "embed":
+        raise ValueError(f"enable_chunked_processing applies to embedding models (task 'embed'); this model's task "
+                         f"is {task!r}: long inputs are cut with truncate_prompt_tokens instead")
+    if pooler.pooling_type not in ("CLS", "MEAN", "LAST"):
+        raise ValueError(f"enable_chunked_processing needs one vector per input (CLS, MEAN or LAST pooling); "
+                         f"the pooler is {pooler.pooling_type}")
 
 
 def load_tokenizer(model_path: str, trust_remote_code: bool) -> Any:

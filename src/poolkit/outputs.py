@@ -99,9 +99,11 @@ class ScoringOutput:
 class RequestOutput(Generic[T]):
     """One prompt's result: ``outputs`` holds the task-specific payload.
 
-    ``prompt_token_ids`` are the tokens that ran (after truncation);
-    ``num_input_tokens`` counts the prompt's tokens before truncation, so
-    ``truncated`` tells whether it was cut without tokenizing again.
+    ``prompt_token_ids`` are the prompt's tokens (after truncation);
+    ``num_input_tokens`` counts them before truncation, so ``truncated`` tells
+    whether it was cut without tokenizing again; ``num_processed_tokens`` counts
+    what the model ran (more than the prompt when a long input was processed in
+    chunks: special tokens re-added, overlaps).
     """
 
     request_id: str
@@ -109,10 +111,13 @@ class RequestOutput(Generic[T]):
     outputs: T
     num_input_tokens: int = -1
     finished: bool = True
+    num_processed_tokens: int = -1
 
     def __post_init__(self) -> None:
         if self.num_input_tokens < 0:
             self.num_input_tokens = len(self.prompt_token_ids)
+        if self.num_processed_tokens < 0:
+            self.num_processed_tokens = len(self.prompt_token_ids)
 
     @property
     def truncated(self) -> bool:

@@ -39,6 +39,7 @@ class HeadOptions:
     normalize: bool
     activation: bool
     dimensions: int | None
+    raw: bool = False  # the pooled vector before the head (a chunk of a long input; the head runs after merging)
 
 
 @dataclass(frozen=True)

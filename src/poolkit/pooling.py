@@ -126,6 +126,14 @@ class Pooler(nn.Module):
         if any(p.pool_start for p in prompts):
             starts = torch.tensor([p.pool_start for p in prompts], device=states.device)
         pooled = pool_sequences(states, lengths, self.pooling_type, starts)
+        if all(opt.raw for opt in options):
+            return list(pooled.cpu())
+        headed = self.head(pooled, options)
+        return [raw if opt.raw else row for raw, row, opt in zip(pooled.cpu(), headed, options)]
+
+    def head(self, pooled: torch.Tensor, options: Sequence[HeadOptions]) -> list[torch.Tensor]:
+        """Dense layers, a decoder classifier's score head, then activation or Matryoshka + normalize,
+        on pooled ``(B, D)`` vectors (also used on the merged vector of a chunked long input)."""
         if self.dense is not None:
             pooled = self.dense(pooled.to(next(self.dense.parameters()).dtype)).float()
         if self.score_head is not None:

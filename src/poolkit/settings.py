@@ -42,6 +42,7 @@ class SettingInfo:
     metavar: str | None = None
     nargs: str | None = None
     positional: bool = False
+    aliases: tuple[str, ...] = ()  # more flag names (e.g. a newer vLLM spelling)
 
 
 def setting(
@@ -55,6 +56,7 @@ def setting(
     metavar: str | None = None,
     nargs: str | None = None,
     positional: bool = False,
+    aliases: Sequence[str] = (),
     default_factory: Callable[[], Any] | None = None,
 ) -> Any:
     """A dataclass field that is also an environment variable and a command-line flag.
@@ -63,7 +65,8 @@ def setting(
     from the field's annotation: ``int``, ``float``, ``bool`` and ``str``).
     ``env=""`` declares a setting that has no variable.
     """
-    info = SettingInfo(help, parse, tuple(choices) if choices else None, env, flag, metavar, nargs, positional)
+    info = SettingInfo(help, parse, tuple(choices) if choices else None, env, flag, metavar, nargs, positional,
+                       tuple(aliases))
     if default_factory is not None:
         return field(default_factory=default_factory, metadata={"setting": info})
     return field(default=default, metadata={"setting": info})
@@ -253,7 +256,7 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls
             kwargs.pop("metavar", None)
             parser.add_argument(f.name, nargs="?", metavar=info.metavar or f.name.upper(), **kwargs)
         else:
-            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, **kwargs)
+            parser.add_argument("--" + f.name.replace("_", "-"), *info.aliases, dest=f.name, **kwargs)
 
 
 def _argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -312,8 +315,9 @@ class EngineArgs:
         None, help="name(s) clients use for the model; the first is reported back", parse=parse_names, nargs="+",
         metavar="NAME")
     override_pooler_config: dict[str, Any] | None = setting(
-        None, help='pooler settings over every default, e.g. {"pooling_type": "MEAN", "normalize": true}',
-        parse=parse_json_object, metavar="JSON")
+        None, help='pooler settings over every default, e.g. {"pooling_type": "MEAN", "normalize": true} or '
+                   '{"enable_chunked_processing": true, "max_embed_len": 16384} (also --pooler-config, vLLM\'s newer name)',
+        parse=parse_json_object, metavar="JSON", aliases=("--pooler-config",))
     hf_overrides: dict[str, Any] | None = setting(
         None, help='merged into config.json, e.g. {"matryoshka_dimensions": [128, 256]}', parse=parse_json_object,
         metavar="JSON")

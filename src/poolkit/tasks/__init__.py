@@ -23,6 +23,7 @@ from ..config import ModelConfig
 from ..inputs import InputProcessor
 from ..outputs import RequestOutput
 from .base import PreparedRequest, RequestIds, Task, counter_ids, params_list
+from .chunking import Head
 from .classify import ClassifyTask
 from .embed import EmbedTask
 from .encode import EncodeTask, RewardTask
@@ -68,9 +69,10 @@ class Tasks:
         return self[task].prepare(*args, **kwargs)
 
     def finish(self, request: PreparedRequest, pooled: Sequence[np.ndarray],
-               request_ids: RequestIds | None = None) -> list[RequestOutput[Any]]:
-        """Output objects for ``request`` from the engine's pooled arrays (in the request's order)."""
-        return list(self[request.task].finish(request, pooled, request_ids or counter_ids()))
+               request_ids: RequestIds | None = None, head: Head | None = None) -> list[RequestOutput[Any]]:
+        """Output objects for ``request`` from the engine's pooled arrays (in the request's order);
+        ``head``: the engine's ``apply_head``, needed to finish chunked long inputs."""
+        return list(self[request.task].finish(request, pooled, request_ids or counter_ids(), head))
 
     def __repr__(self) -> str:
         return f"Tasks(model={self.model_config.served_model_name!r}, supported={self.supported})"

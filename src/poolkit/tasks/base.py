@@ -17,9 +17,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..config import ModelConfig
-from ..inputs import InputProcessor, TokenizedPrompt
+from ..inputs import InputProcessor, Prompt, TokenizedPrompt
 from ..outputs import RequestOutput
 from ..params import HeadOptions, PoolingParams
+from . import chunking
+from .chunking import ChunkPlan, Head
 
 PoolingParamsArg = PoolingParams | Sequence[PoolingParams] | None
 
@@ -79,12 +81,12 @@ def params_list(pooling_params: PoolingParamsArg, n: int) -> list[PoolingParams]
 class Task:
     """One of the model's tasks. Subclasses set ``name`` and implement ``prepare`` and ``finish``.
 
-    ``per_input``: every input is prepared and finished on its own, so a front-end
-    may split a long input list into chunks (and tokenize one while the model runs another).
+    ``splittable``: every input is prepared and finished on its own, so a front-end
+    may split a long input list into slices (and tokenize one while the model runs another).
     """
 
     name: ClassVar[str]
-    per_input: ClassVar[bool] = True
+    splittable: ClassVar[bool] = True
 
     def __init__(self, model_config: ModelConfig, processor: InputProcessor) -> None:
         self.model_config = model_config
@@ -97,9 +99,44 @@ class Task:
     def prepare(self, *args: Any, **kwargs: Any) -> PreparedRequest:
         raise NotImplementedError
 
-    def finish(self, request: PreparedRequest, pooled: Sequence[np.ndarray],
-               request_ids: RequestIds) -> Sequence[RequestOutput[Any]]:
+    def finish(self, request: PreparedRequest, pooled: Sequence[np.ndarray], request_ids: RequestIds,
+               head: Head | None = None) -> Sequence[RequestOutput[Any]]:
+        """Outputs for ``request``; ``head`` is the engine's (it finishes chunked long inputs)."""
         raise NotImplementedError
+
+    def tokenize_inputs(self, items: list[Prompt], options: list[HeadOptions], truncate_prompt_tokens: int | None,
+                        first_index: int, enable_chunked_processing: bool | None,
+                        adjust: Callable[[list[TokenizedPrompt]], None] | None = None,
+                        ) -> tuple[list[TokenizedPrompt], list[HeadOptions], ChunkPlan | None]:
+        """Tokenize one sequence per input, or, with chunked processing (the request's choice, else the
+        pooler config's), split inputs longer than the model into chunks (see :mod:`.chunking`).
+
+        ``adjust`` sees the whole inputs' sequences before any is split (e.g. to mark a prompt's tokens).
+        """
+        enabled = enable_chunked_processing
+        if enabled is None:
+            enabled = bool(self.model_config.pooler_config.enable_chunked_processing)
+        chunked = enabled and truncate_prompt_tokens is None  # truncation asked for: nothing is too long
+        if chunked:
+            chunking.check_chunking(self.model_config, self.processor)
+        max_len = chunking.max_embed_len(self.model_config) if chunked else None
+        tokens = self.processor.encode(items, truncate_prompt_tokens, first_index, max_len=max_len)
+        if adjust is not None:
+            adjust(tokens)
+        if not chunked:
+            return tokens, options, None
+        return chunking.plan(self.processor, self.model_config, tokens, options)
+
+    @staticmethod
+    def per_input(request: PreparedRequest, pooled: Sequence[np.ndarray], head: Head | None
+                  ) -> list[tuple[TokenizedPrompt, np.ndarray, int]]:
+        """``(input, vector, tokens processed)`` per input, chunked inputs merged back."""
+        plan = request.state
+        if not isinstance(plan, chunking.ChunkPlan):
+            return [(p, v, len(p)) for p, v in zip(request.prompts, pooled)]
+        vectors = chunking.merge(request.prompts, pooled, plan, head)
+        return [(token, vector, sum(len(p) for p in request.prompts[start:stop]))
+                for token, vector, (start, stop) in zip(plan.inputs, vectors, plan.spans)]
 
     def options(self, pooling_params: PoolingParamsArg, n: int, method: str | None = None) -> list[HeadOptions]:
         """Checked head options, one per prompt (the same object when all prompts share the params)."""

@@ -9,6 +9,7 @@ import numpy as np
 from ..inputs import Prompt, normalize_prompts
 from ..outputs import ClassificationOutput, ClassificationRequestOutput
 from .base import PoolingParamsArg, PreparedRequest, RequestIds, Task
+from .chunking import Head
 
 
 class ClassifyTask(Task):
@@ -34,8 +35,8 @@ class ClassifyTask(Task):
         best = int(np.argmax(values))
         return self.model_config.id2label.get(best, f"LABEL_{best}")
 
-    def finish(self, request: PreparedRequest, pooled: Sequence[np.ndarray],
-               request_ids: RequestIds) -> list[ClassificationRequestOutput]:
+    def finish(self, request: PreparedRequest, pooled: Sequence[np.ndarray], request_ids: RequestIds,
+               head: Head | None = None) -> list[ClassificationRequestOutput]:
         return [ClassificationRequestOutput(request_ids(), p.input_ids, ClassificationOutput(v, self.label(v)),
                                             p.num_input_tokens)
                 for p, v in zip(request.prompts, pooled)]

@@ -1,4 +1,5 @@
-"""``embed``: one vector per input, with the model's prompts, Matryoshka ``dimensions`` and normalization."""
+"""``embed``: one vector per input, with the model's prompts, Matryoshka ``dimensions``, normalization and
+chunked processing of long inputs."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 from ..inputs import Prompt, TokenizedPrompt, normalize_prompts
 from ..outputs import EmbeddingOutput, EmbeddingRequestOutput
 from .base import PoolingParamsArg, PreparedRequest, RequestIds, Task
+from .chunking import Head
 from .prompts import resolve_prompt
 
 
@@ -24,31 +26,48 @@ class EmbedTask(Task):
         prompt: str | None = None,
         prompt_name: str | None = None,
         first_index: int = 0,
+        enable_chunked_processing: bool | None = None,
     ) -> PreparedRequest:
+        """``enable_chunked_processing``: embed inputs longer than the model in chunks (default: the
+        pooler config's setting; see :mod:`poolkit.tasks.chunking`)."""
         self.require()
         items = normalize_prompts(prompts)
         options = self.options(pooling_params, len(items))
-        return PreparedRequest(self.name, self.tokenize(items, truncate_prompt_tokens, prompt, prompt_name, first_index),
-                               options, first_index=first_index)
+        text, prompted = self.apply_prompt(items, prompt, prompt_name, first_index)
+        tokens, run_options, plan = self.tokenize_inputs(
+            prompted, options, truncate_prompt_tokens, first_index, enable_chunked_processing,
+            adjust=lambda tokenized: self.exclude_prompt(text, prompted, tokenized))
+        return PreparedRequest(self.name, tokens, run_options, state=plan, first_index=first_index,
+                               num_inputs=len(items))
 
     def tokenize(self, items: list[Prompt], truncate_prompt_tokens: int | None, prompt: str | None,
                  prompt_name: str | None, first_index: int = 0) -> list[TokenizedPrompt]:
         """Prompts applied to the texts, then tokenized (shared with scoring by cosine)."""
-        text = resolve_prompt(self.model_config, prompt, prompt_name)
-        explicit = prompt is not None or prompt_name is not None
-        if text is not None:
-            token_ids = [i for i, item in enumerate(items) if not isinstance(item, str)]
-            if token_ids and explicit:
-                raise ValueError(f"Prompt {first_index + token_ids[0]} is a list of token ids; prompt and "
-                                 "prompt_name apply to text inputs only (put the prompt's tokens in it yourself)")
-            items = [text + item if isinstance(item, str) else item for item in items]
-        tokens = self.processor.encode(items, truncate_prompt_tokens, first_index)
-        if text is not None and not self.model_config.include_prompt:
-            start = self.prompt_length(text)
-            for item, token in zip(items, tokens):
-                if isinstance(item, str):
-                    token.pool_start = min(start, len(token) - 1)
+        text, prompted = self.apply_prompt(items, prompt, prompt_name, first_index)
+        tokens = self.processor.encode(prompted, truncate_prompt_tokens, first_index)
+        self.exclude_prompt(text, prompted, tokens)
         return tokens
+
+    def apply_prompt(self, items: list[Prompt], prompt: str | None, prompt_name: str | None,
+                     first_index: int) -> tuple[str | None, list[Prompt]]:
+        """The prompt text (``None``: none) and the inputs with it put before every text."""
+        text = resolve_prompt(self.model_config, prompt, prompt_name)
+        if text is None:
+            return None, items
+        token_ids = [i for i, item in enumerate(items) if not isinstance(item, str)]
+        if token_ids and (prompt is not None or prompt_name is not None):
+            raise ValueError(f"Prompt {first_index + token_ids[0]} is a list of token ids; prompt and "
+                             "prompt_name apply to text inputs only (put the prompt's tokens in it yourself)")
+        return text, [text + item if isinstance(item, str) else item for item in items]
+
+    def exclude_prompt(self, text: str | None, items: list[Prompt], tokens: list[TokenizedPrompt]) -> None:
+        """Mark the prompt's tokens as not pooled, for models whose Pooling has ``include_prompt: false``."""
+        if text is None or self.model_config.include_prompt:
+            return
+        start = self.prompt_length(text)
+        for item, token in zip(items, tokens):
+            if isinstance(item, str):
+                token.pool_start = min(start, len(token) - 1)
 
     def prompt_length(self, text: str) -> int:
         """Tokens of the prompt that pooling leaves out (sentence-transformers' rule: the prompt tokenized
@@ -57,7 +76,8 @@ class EmbedTask(Task):
         special = set(getattr(self.processor.tokenizer, "all_special_ids", ()))
         return len(ids) - 1 if ids and ids[-1] in special else len(ids)
 
-    def finish(self, request: PreparedRequest, pooled: Sequence[np.ndarray],
-               request_ids: RequestIds) -> list[EmbeddingRequestOutput]:
-        return [EmbeddingRequestOutput(request_ids(), p.input_ids, EmbeddingOutput(v), p.num_input_tokens)
-                for p, v in zip(request.prompts, pooled)]
+    def finish(self, request: PreparedRequest, pooled: Sequence[np.ndarray], request_ids: RequestIds,
+               head: Head | None = None) -> list[EmbeddingRequestOutput]:
+        return [EmbeddingRequestOutput(request_ids(), p.input_ids, EmbeddingOutput(v), p.num_input_tokens,
+                                       num_processed_tokens=processed)
+                for p, v, processed in self.per_input(request, pooled, head)]

@@ -9,6 +9,7 @@ import numpy as np
 from ..inputs import Prompt, normalize_prompts
 from ..outputs import PoolingOutput, PoolingRequestOutput
 from .base import PoolingParamsArg, PreparedRequest, RequestIds, Task
+from .chunking import Head
 
 
 class EncodeTask(Task):
@@ -21,17 +22,22 @@ class EncodeTask(Task):
         *,
         truncate_prompt_tokens: int | None = None,
         first_index: int = 0,
+        enable_chunked_processing: bool | None = None,
     ) -> PreparedRequest:
+        """``enable_chunked_processing``: as for ``embed`` (embedding models pooling one vector per input)."""
         self.require()
         items = normalize_prompts(prompts)
         options = self.options(pooling_params, len(items), method="encode")
-        return PreparedRequest(self.name, self.processor.encode(items, truncate_prompt_tokens, first_index), options,
-                               first_index=first_index)
+        tokens, run_options, plan = self.tokenize_inputs(items, options, truncate_prompt_tokens, first_index,
+                                                         enable_chunked_processing)
+        return PreparedRequest(self.name, tokens, run_options, state=plan, first_index=first_index,
+                               num_inputs=len(items))
 
-    def finish(self, request: PreparedRequest, pooled: Sequence[np.ndarray],
-               request_ids: RequestIds) -> list[PoolingRequestOutput]:
-        return [PoolingRequestOutput(request_ids(), p.input_ids, PoolingOutput(v), p.num_input_tokens)
-                for p, v in zip(request.prompts, pooled)]
+    def finish(self, request: PreparedRequest, pooled: Sequence[np.ndarray], request_ids: RequestIds,
+               head: Head | None = None) -> list[PoolingRequestOutput]:
+        return [PoolingRequestOutput(request_ids(), p.input_ids, PoolingOutput(v), p.num_input_tokens,
+                                     num_processed_tokens=processed)
+                for p, v, processed in self.per_input(request, pooled, head)]
 
 
 class RewardTask(EncodeTask):

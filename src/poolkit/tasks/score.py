@@ -18,6 +18,7 @@ from ..inputs import Prompt, normalize_prompts
 from ..outputs import ScoringOutput, ScoringRequestOutput
 from ..params import PoolingParams
 from .base import PreparedRequest, RequestIds, Task
+from .chunking import Head
 from .embed import EmbedTask
 
 
@@ -56,7 +57,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 class ScoreTask(Task):
     name = "score"
-    per_input = False
+    splittable = False
 
     @property
     def by_cosine(self) -> bool:
@@ -84,8 +85,8 @@ class ScoreTask(Task):
         tokens = self.processor.encode_pairs(left, right, truncate_prompt_tokens)  # type: ignore[arg-type]
         return PreparedRequest(self.name, tokens, self.options(params, len(tokens)))
 
-    def finish(self, request: PreparedRequest, pooled: Sequence[np.ndarray],
-               request_ids: RequestIds) -> list[ScoringRequestOutput]:
+    def finish(self, request: PreparedRequest, pooled: Sequence[np.ndarray], request_ids: RequestIds,
+               head: Head | None = None) -> list[ScoringRequestOutput]:
         pairs = request.state
         if not isinstance(pairs, CosinePairs):
             return [ScoringRequestOutput(request_ids(), p.input_ids, ScoringOutput(float(v.reshape(-1)[0])),
