@@ -79,7 +79,7 @@ def test_dense_layers_run_once_on_the_merged_vector(tiny) -> None:
     llm = LLM(path, dtype="float32", override_pooler_config={"enable_chunked_processing": True})
     merged = torch.tensor(reference(path, llm.tokenizer(LONG)["input_ids"], "mean"), dtype=torch.float32)
     st = SentenceTransformer(path, device="cpu")
-    dense = [m for m in st if type(m).__name__ == "Dense"][0]
+    dense = next(m for m in st if type(m).__name__ == "Dense")
     with torch.no_grad():
         expected = dense({"sentence_embedding": merged[None]})["sentence_embedding"][0]
     expected = torch.nn.functional.normalize(expected, dim=-1).numpy()

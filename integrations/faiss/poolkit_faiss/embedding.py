@@ -80,6 +80,13 @@ def check_llm(llm: Any, dimension: int) -> None:
         verify_dimension(config, dimension)
 
 
+def _chunking_on(llm: Any, enable_chunked_processing: bool | None) -> bool:
+    """Whether ``LLM.embed`` chunks long inputs: the argument, else the model's pooler config."""
+    if enable_chunked_processing is not None:
+        return bool(enable_chunked_processing)
+    return bool(getattr(llm.model_config.pooler_config, "enable_chunked_processing", False))
+
+
 def embed_texts(
     llm: Any,
     texts: Sequence[str],
@@ -88,6 +95,7 @@ def embed_texts(
     truncate_prompt_tokens: int | None = -1,
     prompt_name: str | None = None,
     prompt: str | None = None,
+    enable_chunked_processing: bool | None = None,
 ) -> np.ndarray:
     """Embed ``texts`` with ``LLM.embed``: ``(len(texts), dimension)`` float32, normalized.
 
@@ -95,6 +103,16 @@ def embed_texts(
     model limit to that limit instead of raising: corpora have long passages.
     How many were cut is logged (a warning, from the engine's own count). Pass
     ``None`` to get the engine's error for over-long texts instead.
+
+    ``enable_chunked_processing=True`` embeds texts longer than the model whole:
+    in chunks that each fit, whose vectors the engine merges into one (see
+    ``poolkit.tasks.chunking``). Chunking means no truncation, so
+    ``truncate_prompt_tokens`` is then not applied (``None`` is passed to the
+    engine; otherwise the engine's rule "truncation asked for wins" would cut
+    the texts instead). ``None`` (the default): the model's pooler config decides
+    (``override_pooler_config={"enable_chunked_processing": True}``), with the
+    same effect on ``truncate_prompt_tokens`` when it is on; ``False``: never
+    chunk. Texts longer than the model's ``max_embed_len`` raise ``ValueError``.
 
     ``prompt_name`` / ``prompt`` are ``LLM.embed``'s: a Sentence-Transformers prompt
     of the model (e.g. ``"document"`` for passages, ``"query"`` for questions) or a
@@ -108,6 +126,9 @@ def embed_texts(
     dimension = dimension or full
     if not texts:
         return np.zeros((0, dimension), dtype=np.float32)
+    chunked = _chunking_on(llm, enable_chunked_processing)
+    if chunked:
+        truncate_prompt_tokens = None  # chunking embeds whole texts; a limit here would win over it
     # The engine truncates Matryoshka vectors itself (and refuses for models without support).
     params = PoolingParams(dimensions=dimension) if dimension < full else None
     outputs = llm.embed(
@@ -117,10 +138,12 @@ def embed_texts(
         use_tqdm=False,
         prompt_name=prompt_name,
         prompt=prompt,
+        enable_chunked_processing=enable_chunked_processing,
     )
     truncated = sum(o.truncated for o in outputs)
-    if truncated:
-        logger.warning("%d of %d texts were longer than %s and were truncated (truncate_prompt_tokens=%s)",
+    if truncated:  # never with chunking: nothing is cut then
+        logger.warning("%d of %d texts were longer than %s and were truncated (truncate_prompt_tokens=%s; "
+                       "enable_chunked_processing=True embeds them whole)",
                        truncated, len(outputs), "the model's limit" if truncate_prompt_tokens == -1
                        else f"{truncate_prompt_tokens} tokens", truncate_prompt_tokens)
     x = np.stack([o.outputs.numpy() for o in outputs])

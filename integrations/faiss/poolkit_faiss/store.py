@@ -222,6 +222,7 @@ class VectorIndex:
         truncate_prompt_tokens: int | None = -1,
         prompt_name: str | None = None,
         prompt: str | None = None,
+        enable_chunked_processing: bool | None = None,
         seed: int = 0,
         show_progress: bool | None = None,
         use_gpu: bool | None = None,
@@ -237,7 +238,10 @@ class VectorIndex:
         of full vectors is in memory at a time (plus the training sample).
 
         ``truncate_prompt_tokens=-1`` (default) cuts passages longer than the
-        model limit instead of failing on them. ``prompt_name`` / ``prompt``: the
+        model limit instead of failing on them; ``enable_chunked_processing=True``
+        embeds them whole instead, in chunks merged into one vector, and then
+        ``truncate_prompt_tokens`` is not applied (see :func:`embed_texts`).
+        ``prompt_name`` / ``prompt``: the
         Sentence-Transformers prompt the passages are embedded with, as in
         ``LLM.embed`` (e.g. ``prompt_name="document"``; default: the model's
         default prompt). Search with the matching query prompt
@@ -257,6 +261,7 @@ class VectorIndex:
                 truncate_prompt_tokens=truncate_prompt_tokens,
                 prompt_name=prompt_name,
                 prompt=prompt,
+                enable_chunked_processing=enable_chunked_processing,
             )
 
         rest = np.arange(len(texts))
@@ -443,8 +448,10 @@ class VectorIndex:
         truncate_prompt_tokens: int | None = -1,
         prompt_name: str | None = None,
         prompt: str | None = None,
+        enable_chunked_processing: bool | None = None,
     ) -> np.ndarray:
-        """Embed texts with the index's model, at the index's dimension (see :func:`embed_texts` for prompts)."""
+        """Embed texts with the index's model, at the index's dimension (see :func:`embed_texts` for prompts,
+        truncation and ``enable_chunked_processing``: with chunking ``truncate_prompt_tokens`` is not applied)."""
         llm = self._require_llm()
         return embed_texts(
             llm,
@@ -453,6 +460,7 @@ class VectorIndex:
             truncate_prompt_tokens=truncate_prompt_tokens,
             prompt_name=prompt_name,
             prompt=prompt,
+            enable_chunked_processing=enable_chunked_processing,
         )
 
     def add_texts(
@@ -463,8 +471,10 @@ class VectorIndex:
         batch_size: int = DEFAULT_BATCH_SIZE,
         prompt_name: str | None = None,
         prompt: str | None = None,
+        enable_chunked_processing: bool | None = None,
     ) -> list[Key]:
-        """Embed (in batches, with the given document prompt) and :meth:`add` texts."""
+        """Embed (in batches, with the given document prompt; long texts in chunks with
+        ``enable_chunked_processing=True``, see :func:`embed_texts`) and :meth:`add` texts."""
         texts = list(texts)
         keys = None if ids is None else list(ids)
         if keys is not None:
@@ -472,15 +482,25 @@ class VectorIndex:
             self._new_fids(keys, len(texts))  # fail before embedding anything
         out: list[Key] = []
         for part in batches(len(texts), batch_size):
-            vectors = self.embed(texts[part], prompt_name=prompt_name, prompt=prompt)
+            vectors = self.embed(texts[part], prompt_name=prompt_name, prompt=prompt,
+                                 enable_chunked_processing=enable_chunked_processing)
             out += self.add(vectors, None if keys is None else keys[part])
         return out
 
     def upsert_texts(
-        self, texts: Sequence[str], ids: Sequence[Key], *, prompt_name: str | None = None, prompt: str | None = None
+        self,
+        texts: Sequence[str],
+        ids: Sequence[Key],
+        *,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        enable_chunked_processing: bool | None = None,
     ) -> list[Key]:
-        """Embed (with the given document prompt) and :meth:`upsert` texts."""
-        return self.upsert(self.embed(list(texts), prompt_name=prompt_name, prompt=prompt), ids)
+        """Embed (with the given document prompt; long texts in chunks with ``enable_chunked_processing=True``)
+        and :meth:`upsert` texts."""
+        vectors = self.embed(list(texts), prompt_name=prompt_name, prompt=prompt,
+                             enable_chunked_processing=enable_chunked_processing)
+        return self.upsert(vectors, ids)
 
     def search_texts(
         self,
@@ -489,11 +509,15 @@ class VectorIndex:
         *,
         prompt_name: str | None = None,
         prompt: str | None = None,
+        enable_chunked_processing: bool | None = None,
         **kwargs: Any,
     ) -> SearchResult:
-        """Embed queries (with the given query prompt, e.g. ``prompt_name="query"``) and :meth:`search`."""
+        """Embed queries (with the given query prompt, e.g. ``prompt_name="query"``; long ones in chunks with
+        ``enable_chunked_processing=True``) and :meth:`search`."""
         texts = [texts] if isinstance(texts, str) else list(texts)
-        return self.search(self.embed(texts, prompt_name=prompt_name, prompt=prompt), k, **kwargs)
+        vectors = self.embed(texts, prompt_name=prompt_name, prompt=prompt,
+                             enable_chunked_processing=enable_chunked_processing)
+        return self.search(vectors, k, **kwargs)
 
     # -- search ---------------------------------------------------------------
 

@@ -34,12 +34,16 @@ class EmbedOptions:
 
     ``prompt`` / ``prompt_name`` are passed on as they are (at most one is set): the
     engine or server applies the prompt, exactly as ``LLM.embed`` does.
+    ``enable_chunked_processing``: ``True`` embeds inputs longer than the model in chunks
+    (``LLM.embed(enable_chunked_processing=True)``, the server's request field of that name);
+    ``None`` sends nothing (the model's pooler config decides).
     """
 
     dimensions: int | None = None
     truncate_prompt_tokens: int | None = -1
     prompt: str | None = None
     prompt_name: str | None = None
+    enable_chunked_processing: bool | None = None
 
 
 class Embedded(NamedTuple):
@@ -128,6 +132,7 @@ class LocalBackend:
                 use_tqdm=show_progress,
                 prompt=options.prompt,
                 prompt_name=options.prompt_name,
+                enable_chunked_processing=options.enable_chunked_processing,
             )
         return Embedded([out.outputs.numpy().tolist() for out in outputs], sum(out.truncated for out in outputs))
 
@@ -413,6 +418,7 @@ class RemoteBackend:
             "truncate_prompt_tokens": options.truncate_prompt_tokens,
             "prompt": options.prompt,  # "" is sent: it turns the model's default prompt off
             "prompt_name": options.prompt_name,
+            "enable_chunked_processing": options.enable_chunked_processing,
         }
         body: dict[str, Any] = {"input": texts, "encoding_format": "float"}
         body.update({key: value for key, value in optional.items() if value is not None})

@@ -48,7 +48,8 @@ class PoolkitEmbeddings(PoolkitClientBase, Embeddings):
 
     Over-long texts are cut at the model's limit by default (``truncate_prompt_tokens=-1``),
     as with ``HuggingFaceEmbeddings``, and one warning is logged per instance;
-    ``truncate_prompt_tokens=None`` makes them an error instead.
+    ``truncate_prompt_tokens=None`` makes them an error instead, and
+    ``chunk_long_inputs=True`` embeds them whole, in chunks merged into one vector.
 
     All methods return plain Python ``float`` lists. The async methods run the
     engine in a worker thread (in-process) or use an async HTTP client, so they
@@ -82,11 +83,25 @@ class PoolkitEmbeddings(PoolkitClientBase, Embeddings):
     max_concurrency: int = Field(default=4, gt=0)
     """Server mode, async: requests in flight at once."""
 
+    chunk_long_inputs: bool = False
+    """Embed texts longer than the model's limit whole: cut into chunks that each fit, the chunk
+    vectors merged (token-weighted) into one vector per text. This is poolkit's
+    ``enable_chunked_processing`` (``LLM.embed(..., enable_chunked_processing=True)``; in server mode
+    the ``/v1/embeddings`` request field of that name). ``truncate_prompt_tokens`` is then not
+    applied (nothing is cut), and a text longer than the model's ``max_embed_len`` (default: 32 times
+    its limit) raises ``ValueError``. Not to be confused with ``chunk_size`` (texts per call).
+    In-process, a model that cannot chunk (not an embedding model pooling one vector per input)
+    fails at construction."""
+
     _warned_truncation: bool = PrivateAttr(default=False)
 
     @model_validator(mode="after")
     def _check_embedding_options(self) -> PoolkitEmbeddings:
         backend = self.backend
+        if self.chunk_long_inputs and "truncate_prompt_tokens" in self.model_fields_set \
+                and self.truncate_prompt_tokens is not None:
+            logger.warning("PoolkitEmbeddings: truncate_prompt_tokens=%s is not applied with chunk_long_inputs=True "
+                           "(long texts are embedded whole, in chunks)", self.truncate_prompt_tokens)
         if isinstance(backend, LocalBackend):
             mc = backend.llm.model_config
             if "embed" not in mc.supported_methods:
@@ -98,6 +113,10 @@ class PoolkitEmbeddings(PoolkitClientBase, Embeddings):
                 from poolkit import PoolingParams
 
                 PoolingParams(dimensions=self.dimensions).verify("embed", mc)
+            if self.chunk_long_inputs:
+                from poolkit.tasks.chunking import check_chunking
+
+                check_chunking(mc, backend.llm.tasks.processor)
             # Resolve the prompts now so that a typo fails at construction. In server mode the
             # model's prompts are only known after a request, so that happens on the first call.
             for role in ROLES:
@@ -149,11 +168,14 @@ class PoolkitEmbeddings(PoolkitClientBase, Embeddings):
         return [texts[i : i + self.chunk_size] for i in range(0, len(texts), self.chunk_size)]
 
     def _options(self, prompt: RequestPrompt) -> EmbedOptions:
+        chunked = self.chunk_long_inputs
         return EmbedOptions(
             dimensions=self.dimensions,
-            truncate_prompt_tokens=self.truncate_prompt_tokens,
+            # Truncation asked for wins over chunking in poolkit: chunking means asking for none.
+            truncate_prompt_tokens=None if chunked else self.truncate_prompt_tokens,
             prompt=prompt.prompt,
             prompt_name=prompt.prompt_name,
+            enable_chunked_processing=True if chunked else None,
         )
 
     @property
@@ -174,8 +196,8 @@ class PoolkitEmbeddings(PoolkitClientBase, Embeddings):
             where = f"{limit} tokens"
         logger.warning(
             "PoolkitEmbeddings(model=%r): %d of %d texts were longer than %s and were truncated. "
-            "This is logged once per instance; pass truncate_prompt_tokens=None to raise instead, "
-            "or split long documents into smaller chunks.",
+            "This is logged once per instance; pass chunk_long_inputs=True to embed them whole (in chunks), "
+            "truncate_prompt_tokens=None to raise instead, or split long documents into smaller pieces.",
             self.model_name,
             truncated,
             total,
@@ -249,6 +271,9 @@ class PoolkitEmbeddings(PoolkitClientBase, Embeddings):
     def _repr_fields(self) -> dict[str, Any]:
         fields = super()._repr_fields()
         fields["dimensions"] = self.dimensions
+        if self.chunk_long_inputs:
+            fields["chunk_long_inputs"] = True
+            fields.pop("truncate_prompt_tokens", None)  # not applied
         for role in ROLES:
             instruction, _ = self._role_settings(role)
             # repr never sends a request: a server's prompts show once they have been read.

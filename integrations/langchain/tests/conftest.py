@@ -190,6 +190,33 @@ def prompted_server_url(
         yield url
 
 
+@pytest.fixture(scope="session")
+def tiny_chunkable_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Sentence-Transformers encoder with mean pooling (normalized): chunk vectors of a long input
+    merge exactly for MEAN, so ``chunk_long_inputs`` is checked against ``LLM.embed`` on it."""
+    from poolkit.testing import add_sentence_transformers_files, build_tiny_checkpoint
+
+    path = build_tiny_checkpoint(tmp_path_factory.mktemp("lc-chunkable") / "model", "encoder", seed=11)
+    add_sentence_transformers_files(path, pooling="mean")
+    return path
+
+
+@pytest.fixture(scope="session")
+def chunkable_server_url(tiny_chunkable_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``poolkit serve`` of the tiny mean-pooling model, with an API key."""
+    with _serve(str(tiny_chunkable_path), tmp_path_factory.mktemp("lc-chunkable-server") / "server.log") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def chunking_server_url(tiny_chunkable_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The same model served with chunked processing on in its pooler config (the server's default then)."""
+    log_path = tmp_path_factory.mktemp("lc-chunking-server") / "server.log"
+    with _serve(str(tiny_chunkable_path), log_path, "--override-pooler-config",
+                '{"enable_chunked_processing": true}') as url:
+        yield url
+
+
 def load_corpus(limit: int | None = None) -> list[dict[str, Any]]:
     import json
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import lightning.pytorch as pl
@@ -148,8 +148,7 @@ class LightningExecutor(CorpusExecutor):
     def run(self, job: CorpusJob, pending: Sequence[ShardSpec], recorder: ShardRecorder) -> None:
         # Each rank runs on its own device (trainer.strategy.root_device), whatever a local run was told.
         engine_kwargs = {k: v for k, v in job.engine_kwargs.items() if k != "device"}
-        module = PoolkitEmbeddingModule(job.model, dimensions=job.dimensions, truncate=job.truncate,
-                                        prompt_name=job.prompt_name, prompt=job.prompt, **engine_kwargs)
+        module = PoolkitEmbeddingModule(job.model, **asdict(job.options), **engine_kwargs)
         loader = DataLoader(ShardDataset(pending), batch_size=1, shuffle=False, collate_fn=ShardCollate(job))
         trainer = pl.Trainer(
             **self.trainer_kwargs(), callbacks=[CorpusShardWriter(job)], logger=False, enable_checkpointing=False,

@@ -20,6 +20,7 @@ Lightning's predict loop gives each rank a disjoint part of the data (an
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -35,7 +36,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
-from poolkit.corpus import Embedded, Embedder, TextTokenizer, embeddings_table, write_table_atomic
+from poolkit.corpus import Embedded, Embedder, EmbedOptions, TextTokenizer, embeddings_table, write_table_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -66,14 +67,18 @@ class TokenizingCollate:
     (a :class:`~poolkit.tasks.PreparedRequest` for :meth:`poolkit.corpus.Embedder.run`).
     Prepares exactly as ``LLM(model, **engine_kwargs).embed(texts, ...)`` would:
     ``truncate`` is ``-1`` (model limit), ``N`` tokens or ``None`` (error on
-    over-long text); ``dimensions``, ``prompt_name`` and ``prompt`` as in ``LLM.embed``.
+    over-long text); ``dimensions``, ``prompt_name`` and ``prompt`` as in ``LLM.embed``;
+    ``chunked``: texts longer than the model embedded in chunks merged into one vector
+    (see :class:`poolkit.corpus.EmbedOptions`).
     Picklable: the tokenizer loads lazily in the process that collates.
     """
 
     def __init__(self, model: str | None = None, truncate: int | None = -1, *, dimensions: int | None = None,
-                 prompt_name: str | None = None, prompt: str | None = None, **engine_kwargs: Any) -> None:
-        self.tokenizer = TextTokenizer(model, truncate, dimensions=dimensions, prompt_name=prompt_name, prompt=prompt,
-                                       **engine_kwargs)
+                 prompt_name: str | None = None, prompt: str | None = None, chunked: bool = False,
+                 **engine_kwargs: Any) -> None:
+        options = EmbedOptions(dimensions=dimensions, truncate=truncate, prompt_name=prompt_name, prompt=prompt,
+                               chunked=chunked)
+        self.tokenizer = TextTokenizer(model, options, **engine_kwargs)
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         return {
@@ -91,6 +96,7 @@ class PoolkitEmbeddingModule(pl.LightningModule):
         dimensions: Matryoshka output size.
         truncate: as in :class:`TokenizingCollate` (use :meth:`collate` to get a matching one).
         prompt_name / prompt: a Sentence-Transformers prompt put before every text, as in ``LLM.embed``.
+        chunked: embed texts longer than the model in chunks merged into one vector (no truncation).
         **engine_kwargs: passed to ``poolkit.LLM`` (``dtype``, ``hf_overrides``...).
 
     The model is loaded in ``setup()`` on each rank, on the rank's device
@@ -99,13 +105,12 @@ class PoolkitEmbeddingModule(pl.LightningModule):
     """
 
     def __init__(self, model: str | None = None, *, dimensions: int | None = None, truncate: int | None = -1,
-                 prompt_name: str | None = None, prompt: str | None = None, **engine_kwargs: Any) -> None:
+                 prompt_name: str | None = None, prompt: str | None = None, chunked: bool = False,
+                 **engine_kwargs: Any) -> None:
         super().__init__()
         self.model_name = model
-        self.dimensions = dimensions
-        self.truncate = truncate
-        self.prompt_name = prompt_name
-        self.prompt = prompt
+        self.options = EmbedOptions(dimensions=dimensions, truncate=truncate, prompt_name=prompt_name, prompt=prompt,
+                                    chunked=chunked)
         self.engine_kwargs = engine_kwargs
         self.embedder: Embedder | None = None
 
@@ -116,8 +121,7 @@ class PoolkitEmbeddingModule(pl.LightningModule):
 
     def collate(self) -> TokenizingCollate:
         """A collate function that prepares requests exactly as this module's engine expects them."""
-        return TokenizingCollate(self.model_name, self.truncate, dimensions=self.dimensions,
-                                 prompt_name=self.prompt_name, prompt=self.prompt, **self.engine_kwargs)
+        return TokenizingCollate(self.model_name, **dataclasses.asdict(self.options), **self.engine_kwargs)
 
     def dataloader(self, dataset: Dataset, *, batch_size: int = 256, num_workers: int = 0, **kwargs: Any) -> DataLoader:
         """An in-order DataLoader over ``dataset`` with :meth:`collate`."""
@@ -134,8 +138,7 @@ class PoolkitEmbeddingModule(pl.LightningModule):
             if device.type == "cpu" and per_node > 1 and "OMP_NUM_THREADS" not in os.environ:
                 # Several CPU ranks on one machine: share the cores instead of oversubscribing them.
                 torch.set_num_threads(max(1, (os.cpu_count() or 1) // per_node))
-            self.embedder = Embedder.from_model(self.model_name, dimensions=self.dimensions, truncate=self.truncate,
-                                                prompt_name=self.prompt_name, prompt=self.prompt, **kwargs)
+            self.embedder = Embedder.from_model(self.model_name, self.options, **kwargs)
             logger.info("rank %d: %r", self.global_rank, self.embedder.llm)
 
     def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:

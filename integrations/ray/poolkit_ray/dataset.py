@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from poolkit.corpus import Embedder, embedding_matrix
+from poolkit.corpus import Embedder, EmbedOptions, embedding_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +44,8 @@ class PoolkitEmbedder:
         kwargs = dict(engine_kwargs or {})
         # Ray hides the GPUs an actor did not ask for; be explicit either way.
         kwargs.setdefault("device", "cuda" if use_gpu else "cpu")
-        self.embedder = Embedder.from_model(model, dimensions=dimensions, truncate=truncate, prompt_name=prompt_name,
-                                            prompt=prompt, **kwargs)
+        options = EmbedOptions(dimensions=dimensions, truncate=truncate, prompt_name=prompt_name, prompt=prompt)
+        self.embedder = Embedder.from_model(model, options, **kwargs)
         self.text_column = text_column
         self.output_column = output_column
         self.num_tokens_column = num_tokens_column

@@ -12,11 +12,13 @@ entry-point group, e.g. ``ray`` (a Ray Data actor pool, ``poolkit-ray``) and
 
 Nothing is cut silently: over-long texts are truncated to ``truncate`` tokens
 (default ``-1``, the model's limit) and counted in the summary; with
-``truncate=None`` they are an error.
+``truncate=None`` they are an error; with ``chunked=True`` (``--chunked``) they
+are embedded whole, in chunks merged into one vector.
 
 The modules, by job:
 
 - :mod:`~poolkit.corpus.sources`: the input and its shards (:class:`CorpusSource`, :class:`ShardSpec`);
+- :mod:`~poolkit.corpus.options`: what every text is embedded with (:class:`EmbedOptions`);
 - :mod:`~poolkit.corpus.embedder`: tokenizing (:class:`TextTokenizer`, no model needed) and
   embedding (:class:`Embedder`) on the task layer;
 - :mod:`~poolkit.corpus.parquet`: Arrow/Parquet helpers (atomic writes, embedding columns);
@@ -39,6 +41,7 @@ from .executors import (
     make_executor,
 )
 from .manifest import MANIFEST_NAME, Manifest
+from .options import EmbedOptions
 from .parquet import embedding_matrix, embeddings_table, require_pyarrow, write_table_atomic
 from .run import CorpusSummary, ShardRecorder, embed_corpus, read_corpus_embeddings
 from .shards import (
@@ -56,7 +59,8 @@ from .sources import DEFAULT_SHARD_SIZE, CorpusSource, ShardSpec, shard_file_nam
 __all__ = [
     "BUILTIN_EXECUTORS", "DEFAULT_BATCH_SIZE", "DEFAULT_SHARD_SIZE", "ENTRY_POINT_GROUP", "FORMAT_VERSION",
     "MANIFEST_NAME", "MODEL_CONFIG_KWARGS", "SHARD_METADATA_KEY",
-    "CorpusExecutor", "CorpusJob", "CorpusSource", "CorpusSummary", "Embedded", "Embedder", "LocalExecutor",
+    "CorpusExecutor", "CorpusJob", "CorpusSource", "CorpusSummary", "EmbedOptions", "Embedded", "Embedder",
+    "LocalExecutor",
     "Manifest", "ShardRecorder", "ShardSpec", "ShardStats", "TextTokenizer",
     "available_executors", "concat_embedded", "embed_corpus", "embedding_matrix", "embeddings_table",
     "executor_entry_points", "load_executor", "make_executor", "process_shard", "read_corpus_embeddings",

@@ -4,10 +4,11 @@ Tokenizing and running the model are split on purpose: :class:`TextTokenizer`
 turns texts into a :class:`~poolkit.tasks.PreparedRequest` with nothing but the
 tokenizer and config (so it can run in a DataLoader worker or a Ray actor while
 the model is busy), and :meth:`Embedder.run` executes such a request on the
-process that holds the weights. Both go through ``Tasks.prepare("embed", ...)``,
-the same code path as ``LLM.embed``, so prompts, truncation and Matryoshka
-``dimensions`` behave exactly as there, and whether a row was truncated comes
-from the outputs (``RequestOutput.truncated``) instead of tokenizing again.
+process that holds the weights. Both go through ``Tasks.prepare("embed", ...)``
+(:meth:`EmbedOptions.prepare`), the same code path as ``LLM.embed``, so prompts,
+truncation, chunked processing of long texts and Matryoshka ``dimensions``
+behave exactly as there, and whether a row was truncated comes from the
+outputs (``RequestOutput.truncated``) instead of tokenizing again.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..params import PoolingParams
-from ..tasks import PreparedRequest, Tasks, resolve_prompt
+from ..tasks import PreparedRequest, Tasks
+from .options import EmbedOptions
 
 if TYPE_CHECKING:
     from ..engine import LLM
@@ -33,11 +34,10 @@ def _embed_kwargs(engine_kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 class TextTokenizer:
-    """Texts → a prepared ``embed`` request (prompted, tokenized, truncated), without the model.
+    """Texts → a prepared ``embed`` request (prompted, tokenized, truncated or chunked), without the model.
 
-    ``truncate``: ``-1`` (the model's limit, the default), ``N`` tokens, or
-    ``None`` (an over-long text is an error, as in the engine).
-    ``dimensions``, ``prompt_name``, ``prompt``: as in ``LLM.embed``.
+    ``options``: the :class:`EmbedOptions` every text is embedded with (default: ``EmbedOptions()``,
+    the model's limit and prompt).
 
     Picklable: built from ``model`` and ``engine_kwargs`` (the settings of
     ``LLM(model, **engine_kwargs)``) it loads the tokenizer lazily in whichever
@@ -49,19 +49,13 @@ class TextTokenizer:
     def __init__(
         self,
         model: str | os.PathLike[str] | None = None,
-        truncate: int | None = -1,
+        options: EmbedOptions | None = None,
         *,
         tasks: Tasks | None = None,
-        dimensions: int | None = None,
-        prompt_name: str | None = None,
-        prompt: str | None = None,
         **engine_kwargs: Any,
     ) -> None:
         self.model = os.fspath(model) if model is not None else None
-        self.truncate = truncate
-        self.dimensions = dimensions
-        self.prompt_name = prompt_name
-        self.prompt = prompt
+        self.options = options if options is not None else EmbedOptions()
         self.engine_kwargs = _embed_kwargs(engine_kwargs)
         self._tasks = tasks
         self._rebuildable = tasks is None
@@ -73,16 +67,9 @@ class TextTokenizer:
             self._tasks = Tasks.from_model(self.model, **self.engine_kwargs)
         return self._tasks
 
-    @property
-    def pooling_params(self) -> PoolingParams | None:
-        return PoolingParams(dimensions=self.dimensions) if self.dimensions is not None else None
-
     def check(self) -> None:
-        """Fail now rather than at the first shard: the model embeds, ``dimensions`` fit, the prompt exists."""
-        task = self.tasks["embed"]
-        task.require()
-        task.options(self.pooling_params, 1)
-        resolve_prompt(self.tasks.model_config, self.prompt, self.prompt_name)
+        """Fail now rather than at the first shard (see :meth:`EmbedOptions.check`)."""
+        self.options.check(self.tasks)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -92,8 +79,7 @@ class TextTokenizer:
 
     def __call__(self, texts: Sequence[str], *, first_index: int = 0) -> PreparedRequest:
         """The request for ``texts``; ``first_index`` (their position in the whole input) numbers error messages."""
-        return self.tasks.prepare("embed", list(texts), self.pooling_params, truncate_prompt_tokens=self.truncate,
-                                  prompt_name=self.prompt_name, prompt=self.prompt, first_index=first_index)
+        return self.options.prepare(self.tasks, texts, first_index=first_index)
 
 
 @dataclass
@@ -101,7 +87,7 @@ class Embedded:
     """Embeddings of a batch of texts, in input order."""
 
     vectors: np.ndarray      # float32 [n, dim]
-    num_tokens: np.ndarray   # int32 [n] (the tokens that ran, after truncation)
+    num_tokens: np.ndarray   # int32 [n] (the input's tokens, after truncation; a chunked text: all of them)
     truncated: np.ndarray    # bool [n]
 
     def __len__(self) -> int:
@@ -113,7 +99,8 @@ class Embedded:
 
     @classmethod
     def from_outputs(cls, outputs: Sequence[RequestOutput[Any]]) -> Embedded:
-        """From ``embed`` outputs: their vectors, the tokens that ran, and whether each was truncated."""
+        """From ``embed`` outputs: their vectors, their inputs' tokens (``prompt_token_ids``: after truncation,
+        or the whole text when it was embedded in chunks), and whether each was truncated."""
         return cls(
             np.stack([o.outputs.numpy() for o in outputs]).astype(np.float32, copy=False),
             np.array([len(o.prompt_token_ids) for o in outputs], dtype=np.int32),
@@ -130,45 +117,26 @@ def concat_embedded(parts: Sequence[Embedded], dim: int) -> Embedded:
 
 
 class Embedder:
-    """One embedding model (an ``LLM``) with fixed output options.
+    """One embedding model (an ``LLM``) with fixed :class:`EmbedOptions`.
 
-    ``dimensions`` (Matryoshka size), ``truncate``, ``prompt_name`` and
-    ``prompt`` are checked against the model up front. :attr:`tokenizer`
+    The options are checked against the model up front. :attr:`tokenizer`
     prepares requests exactly as this embedder expects them.
     """
 
-    def __init__(
-        self,
-        llm: LLM,
-        *,
-        dimensions: int | None = None,
-        truncate: int | None = -1,
-        prompt_name: str | None = None,
-        prompt: str | None = None,
-    ) -> None:
+    def __init__(self, llm: LLM, options: EmbedOptions | None = None) -> None:
         self.llm = llm
-        self.dimensions = dimensions
-        self.tokenizer = TextTokenizer(None, truncate, tasks=llm.tasks, dimensions=dimensions,
-                                       prompt_name=prompt_name, prompt=prompt)
+        self.tokenizer = TextTokenizer(None, options, tasks=llm.tasks)
         self.tokenizer.check()
-        self.dim = dimensions or llm.model_config.embedding_dim
+        self.options = self.tokenizer.options
+        self.dim = self.options.dimensions or llm.model_config.embedding_dim
 
     @classmethod
-    def from_model(
-        cls,
-        model: str | os.PathLike[str] | None = None,
-        *,
-        dimensions: int | None = None,
-        truncate: int | None = -1,
-        prompt_name: str | None = None,
-        prompt: str | None = None,
-        **engine_kwargs: Any,
-    ) -> Embedder:
+    def from_model(cls, model: str | os.PathLike[str] | None = None, options: EmbedOptions | None = None,
+                   **engine_kwargs: Any) -> Embedder:
         """Load ``LLM(model, task="embed", **engine_kwargs)`` and wrap it."""
         from ..engine import LLM
 
-        return cls(LLM(model, **_embed_kwargs(engine_kwargs)), dimensions=dimensions, truncate=truncate,
-                   prompt_name=prompt_name, prompt=prompt)
+        return cls(LLM(model, **_embed_kwargs(engine_kwargs)), options)
 
     def run(self, request: PreparedRequest) -> Embedded:
         """Execute a request prepared by a matching :class:`TextTokenizer` (maybe in another process)."""

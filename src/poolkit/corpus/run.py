@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .executors import CorpusExecutor, make_executor
 from .manifest import MANIFEST_NAME, Manifest
+from .options import EmbedOptions
 from .parquet import require_pyarrow
 from .shards import DEFAULT_BATCH_SIZE, CorpusJob, ShardStats
 from .sources import DEFAULT_SHARD_SIZE, CorpusSource
@@ -105,6 +106,7 @@ def embed_corpus(
     truncate: int | None = -1,
     prompt_name: str | None = None,
     prompt: str | None = None,
+    chunked: bool = False,
     workers: int | None = None,
     gpus_per_worker: float | None = None,
     device: str | None = None,
@@ -126,6 +128,11 @@ def embed_corpus(
         truncate: ``-1`` (model limit), ``N`` tokens, or ``None`` (error on over-long text).
         prompt_name / prompt: a Sentence-Transformers prompt put before every text, as in
             ``LLM.embed`` (part of the job's identity).
+        chunked: embed texts longer than the model in chunks merged into one vector
+            (``LLM.embed(..., enable_chunked_processing=True)``); implies no truncation, so
+            ``truncate`` must be left at ``-1`` or ``None`` (``N`` tokens is a ``ValueError``).
+            A chunked row's ``num_tokens`` is its text's whole token count, ``truncated`` false;
+            texts over the model's ``max_embed_len`` are an error. Part of the job's identity.
         workers: Ray actors / Lightning devices (default: Ray 1 per GPU or 1; Lightning 1).
         gpus_per_worker: GPUs per Ray actor (default: 1 when the cluster has GPUs).
         device: ``cpu``/``cuda`` for the local engine, Lightning's accelerator otherwise.
@@ -137,11 +144,12 @@ def embed_corpus(
     from tqdm.auto import tqdm
 
     require_pyarrow()
+    options = EmbedOptions(dimensions=dimensions, truncate=truncate, prompt_name=prompt_name, prompt=prompt,
+                           chunked=chunked)
     executor = make_executor(engine, workers=workers, gpus_per_worker=gpus_per_worker, device=device)
     t0 = time.perf_counter()
     source = CorpusSource.open(input_path, text_column=text_column, id_column=id_column, shard_size=shard_size)
-    job = CorpusJob(source, str(Path(out_dir).resolve()), model, dimensions, truncate, batch_size,
-                    dict(engine_kwargs or {}), prompt_name=prompt_name, prompt=prompt)
+    job = CorpusJob(source, str(Path(out_dir).resolve()), model, options, batch_size, dict(engine_kwargs or {}))
     manifest = Manifest.open(job, overwrite=overwrite)
     pending = manifest.pending()
     skipped = len(source.shards) - len(pending)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .embedder import Embedded, Embedder, TextTokenizer, concat_embedded
+from .options import EmbedOptions
 from .parquet import embeddings_table, write_table_atomic
 from .sources import CorpusSource, ShardSpec
 
@@ -40,7 +41,7 @@ MODEL_CONFIG_KWARGS = ("hf_overrides", "trust_remote_code", "max_model_len", "se
 
 @dataclass
 class ShardStats:
-    """What embedding one shard took: rows, tokens that ran, truncated rows, seconds."""
+    """What embedding one shard took: rows, their tokens (``num_tokens`` summed), truncated rows, seconds."""
 
     index: int
     rows: int
@@ -54,39 +55,35 @@ class ShardStats:
 
 @dataclass
 class CorpusJob:
-    """Everything a worker needs to embed and write any shard of the corpus (picklable)."""
+    """Everything a worker needs to embed and write any shard of the corpus (picklable).
+
+    ``options``: what every text is embedded with (:class:`EmbedOptions`: dimensions, truncation,
+    prompt, chunked processing).
+    """
 
     source: CorpusSource
     out_dir: str
     model: str | None
-    dimensions: int | None = None
-    truncate: int | None = -1
+    options: EmbedOptions = field(default_factory=EmbedOptions)
     batch_size: int = DEFAULT_BATCH_SIZE
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
-    prompt_name: str | None = None
-    prompt: str | None = None
 
     def identity(self) -> dict[str, Any]:
         """What must match for shards of an earlier run to be reused.
 
-        The prompt keys appear only when a prompt is asked for, so jobs without
-        one keep the fingerprint they had before prompts were part of a job
-        (their finished shards stay reusable).
+        The options' optional keys (prompt, chunked) appear only when asked for, so jobs
+        without them keep the fingerprint they had before those were part of a job
+        (their finished shards stay reusable); see :meth:`EmbedOptions.identity`.
         """
         src = self.source
-        identity: dict[str, Any] = {
+        return {
             "version": FORMAT_VERSION,
             "input": src.path, "input_bytes": src.size_bytes, "format": src.format,
             "text_column": src.text_column, "id_column": src.id_column, "num_rows": src.num_rows,
-            "shard_size": src.shard_size, "model": self.model, "dimensions": self.dimensions,
-            "truncate": self.truncate,
+            "shard_size": src.shard_size, "model": self.model, **self.options.identity(),
             "engine_kwargs": {k: self.engine_kwargs[k] for k in sorted(self.engine_kwargs)
                               if k in MODEL_CONFIG_KWARGS},
         }
-        for key in ("prompt_name", "prompt"):
-            if getattr(self, key) is not None:
-                identity[key] = getattr(self, key)
-        return identity
 
     @property
     def fingerprint(self) -> str:
@@ -95,14 +92,11 @@ class CorpusJob:
 
     def make_embedder(self, **overrides: Any) -> Embedder:
         """This job's model, loaded here; ``overrides`` replace engine settings (e.g. ``device``)."""
-        kwargs = {**self.engine_kwargs, **overrides}
-        return Embedder.from_model(self.model, dimensions=self.dimensions, truncate=self.truncate,
-                                   prompt_name=self.prompt_name, prompt=self.prompt, **kwargs)
+        return Embedder.from_model(self.model, self.options, **{**self.engine_kwargs, **overrides})
 
     def make_tokenizer(self) -> TextTokenizer:
         """Prepares requests for :meth:`make_embedder`'s ``run`` without loading the model (picklable)."""
-        return TextTokenizer(self.model, self.truncate, dimensions=self.dimensions, prompt_name=self.prompt_name,
-                             prompt=self.prompt, **self.engine_kwargs)
+        return TextTokenizer(self.model, self.options, **self.engine_kwargs)
 
     def shard_path(self, spec: ShardSpec) -> Path:
         return Path(self.out_dir) / spec.file_name

@@ -59,6 +59,11 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     job.add_argument("--truncate", type=_truncate_arg, default=-1,
                      help="cut over-long texts to N tokens; -1 (default) = the model's limit; "
                           "none = fail on over-long texts. Truncated rows are counted in the summary")
+    job.add_argument("--chunked", action="store_true",
+                     help="embed texts longer than the model in chunks, merged into one vector per text "
+                          "(enable_chunked_processing); implies no truncation, so --truncate with a token count "
+                          "is refused with it. A chunked row's num_tokens is its whole text's token count, "
+                          "truncated false; texts over the model's max_embed_len (default 32 x its limit) fail")
     job.add_argument("--prompt-name", default=None,
                      help="a Sentence-Transformers prompt of the model put before every text (default: the "
                           "model's default prompt, if any)")
@@ -96,6 +101,9 @@ def run_embed(args: argparse.Namespace) -> int:
         settings = engine_args(args)
         if settings.task not in ("auto", "embed"):
             raise ValueError("--task must be embed (or auto)")
+        if args.chunked and args.truncate not in (-1, None):
+            raise ValueError(f"--chunked embeds whole texts (in chunks) and cannot be combined with "
+                             f"--truncate {args.truncate}; drop one of them")
         summary = _embed_from_args(args, settings)
     except (ValueError, FileNotFoundError, ImportError) as exc:
         raise SystemExit(f"poolkit embed: error: {exc}") from exc
@@ -116,7 +124,7 @@ def _embed_from_args(args: argparse.Namespace, settings: Any) -> CorpusSummary:
         dimensions=args.dimensions, truncate=args.truncate, workers=args.workers,
         gpus_per_worker=args.gpus_per_worker, device=None if settings.device == "auto" else settings.device,
         overwrite=args.overwrite, max_shards=args.max_shards, progress=False if args.no_progress else None,
-        engine_kwargs=changed, prompt_name=args.prompt_name, prompt=args.prompt,
+        engine_kwargs=changed, prompt_name=args.prompt_name, prompt=args.prompt, chunked=args.chunked,
     )
 
 
