@@ -108,17 +108,46 @@ async def test_overload_answers_429_with_retry_after(llm, monkeypatch) -> None:
 
 
 def test_admission_by_expected_wait(llm) -> None:
-    """Admission is by the time the queued work takes at the measured speed; Retry-After comes from it."""
+    """Admission is by the time the queued work ahead of a newcomer takes at the measured speed (requests'
+    first parts: the worker serves them before the later parts of large requests); Retry-After comes from it."""
     engine = AsyncPoolingEngine(llm, max_queue_wait=2.0)
     engine.admit()  # speed not measured yet: only the token cap applies
     engine._tokens_per_s = 100.0  # what the worker measures from real batches
-    engine._queued_tokens = 150  # 1.5 s of work
+    engine._queued_first_tokens = 150  # 1.5 s of requests' first parts ahead of a newcomer
+    engine._queued_tokens = 10_000  # later parts of large requests: a newcomer is served before them
     engine.admit()
-    engine._queued_tokens = 450  # 4.5 s
+    engine._queued_first_tokens = 450  # 4.5 s
     with pytest.raises(QueueFullError, match=r"waiting ~4\.5 s") as info:
         engine.admit()
     assert info.value.retry_after == 3  # until the expected wait is back under 2 s
     assert AsyncPoolingEngine(llm, max_queue_wait=0)._deadline() == float("inf")
+
+
+async def test_a_small_request_is_served_before_the_rest_of_a_large_one(llm, monkeypatch) -> None:
+    engine = AsyncPoolingEngine(llm, batch_wait_ms=0, max_batch_tokens=32, max_queue_wait=0)
+    engine.start()
+    batches: list[list[list[int]]] = []
+    try:
+        with held_worker(llm, monkeypatch) as entered:
+            real = llm.engine.execute
+
+            def record(prompts, *args, **kwargs):
+                batches.append([p.input_ids for p in prompts])
+                return real(prompts, *args, **kwargs)
+
+            monkeypatch.setattr(llm.engine, "execute", record)
+            first = asyncio.create_task(engine.process("classify", ids(5)))
+            await until(entered.is_set, "the worker to take the first request")
+            large = asyncio.create_task(engine.process("classify", [ids(10)] * 21))  # 7 parts of 30 tokens
+            await until(lambda: engine.queued_tokens == 210, "the large request to be queued")
+            small = asyncio.create_task(engine.process("classify", ids(7)))
+            await until(lambda: engine.queued_tokens == 217, "the small request to be queued")
+        await asyncio.gather(first, large, small)
+    finally:
+        await engine.close()
+    served_at = next(i for i, batch in enumerate(batches) if ids(7) in batch)
+    assert served_at <= 2  # after the first request and the large one's first part, not after all 7 parts
+    assert sum(batch.count(ids(10)) for batch in batches) == 21
 
 
 class Skips:

@@ -31,7 +31,6 @@ returns: callers above this module never touch torch.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import copy
 import dataclasses
@@ -107,6 +106,7 @@ class _Work:
     future: asyncio.Future[list[np.ndarray]]
     num_tokens: int
     deadline: float
+    part: int  # its place in its request: the worker serves every request's first parts before later ones
     enqueued: float = field(default_factory=time.monotonic)
 
 
@@ -125,6 +125,18 @@ def count_chars(value: Any) -> int:
         return len(value)
     if isinstance(value, (list, tuple)):
         return sum(count_chars(v) if isinstance(v, (str, list, tuple)) else 1 for v in value)
+    return 0
+
+
+def estimate_tokens(value: Any, cap: int) -> int:
+    """Tokens a request's texts will have, before tokenizing: ~4 characters a token, each text at most ``cap``
+    (what truncation, or the length check, lets through)."""
+    if isinstance(value, str):
+        return min(len(value) // CHARS_PER_TOKEN + 2, cap)
+    if isinstance(value, (list, tuple)):
+        if value and all(isinstance(v, int) for v in value):
+            return min(len(value), cap)
+        return sum(estimate_tokens(v, cap) for v in value)
     return 0
 
 
@@ -166,12 +178,13 @@ class AsyncPoolingEngine:
         self.max_queued_tokens = self.args.max_queued_tokens
         self.max_queue_wait = self.args.max_queue_wait
         self.stats = stats
-        self._queue: collections.deque[_Work] = collections.deque()
+        self._queue: list[_Work] = []
         self._queued_tokens = 0
         self._cond = threading.Condition()
         self._closing = False
         self._incoming = 0  # requests accepted and being tokenized, not yet queued
-        self._incoming_tokens = 0  # their estimated tokens
+        self._incoming_tokens = 0  # the estimated tokens of their first parts
+        self._queued_first_tokens = 0  # queued tokens of requests' first parts (what a newcomer waits for)
         self._tokens_per_s = 0.0  # moving average of the model's speed, for admission and Retry-After
         self._worker: threading.Thread | None = None
         self._request_ids = counter_ids()
@@ -211,10 +224,14 @@ class AsyncPoolingEngine:
     # -- admission ----------------------------------------------------------------
 
     def expected_wait(self) -> float:
-        """Seconds a request arriving now would wait for the model (0 until the speed is measured)."""
+        """Seconds a request arriving now would wait for the model (0 until the speed is measured).
+
+        The worker serves every request's first part before any later part, so a newcomer waits for
+        the first parts queued or on their way, not for the rest of large requests.
+        """
         if self._tokens_per_s <= 0:
             return 0.0
-        return (self._queued_tokens + self._incoming_tokens) / self._tokens_per_s
+        return (self._queued_first_tokens + self._incoming_tokens) / self._tokens_per_s
 
     def admit(self) -> None:
         """Refuse at once what would wait too long (``QueueFullError``) or arrives while closing."""
@@ -235,9 +252,24 @@ class AsyncPoolingEngine:
             )
 
     def _deadline(self) -> float:
+        """When a request that has not started must give up (its later parts have none: it is running)."""
         if not self.max_queue_wait:
             return math.inf
         return time.monotonic() + DEADLINE_FACTOR * self.max_queue_wait
+
+    def _token_cap(self, task: str, kwargs: dict[str, Any]) -> int:
+        """The most tokens one text of this request can run with (for estimates before tokenizing)."""
+        truncate = kwargs.get("truncate_prompt_tokens")
+        if truncate is not None:
+            return self.model_config.max_model_len if truncate == -1 else max(1, int(truncate))
+        chunked = kwargs.get("enable_chunked_processing")
+        if chunked is None:
+            chunked = bool(self.model_config.pooler_config.enable_chunked_processing)
+        if chunked and task in ("embed", "encode"):
+            from .tasks.chunking import max_embed_len
+
+            return max_embed_len(self.model_config)
+        return self.model_config.max_model_len
 
     @contextlib.contextmanager
     def _arriving(self, estimated_tokens: int) -> Iterator[None]:
@@ -265,17 +297,19 @@ class AsyncPoolingEngine:
         """
         self.admit()
         chars = count_chars(args)
+        first_tokens = min(estimate_tokens(args, self._token_cap(task, kwargs)), self.max_batch_tokens)
         deadline = self._deadline()
         parts: list[tuple[PreparedRequest, list[_Work]]] = []
         try:
-            with self._arriving(chars // CHARS_PER_TOKEN + 1):
+            with self._arriving(first_tokens):
                 if chars <= EXPRESS_CHARS or not self.tasks[task].splittable:
                     lane = self._express if chars <= EXPRESS_CHARS else self._bulk
                     request = await lane.run(Tasks.prepare, task, *args, **kwargs)
-                    parts.append((request, self._enqueue(request, deadline, first=True)))
+                    parts.append((request, self._enqueue(request, deadline, first_part=0)))
                 else:
                     async for request in self._prepare_slices(task, args, kwargs):
-                        parts.append((request, self._enqueue(request, deadline, first=not parts)))
+                        first_part = sum(len(items) for _, items in parts)
+                        parts.append((request, self._enqueue(request, deadline, first_part)))
             pooled = await self._collect([w for _, items in parts for w in items])
         except BaseException:
             self._cancel([w for _, items in parts for w in items])
@@ -315,29 +349,33 @@ class AsyncPoolingEngine:
             raise ValueError(f"Token id {bad[0]} is outside the vocabulary (size {processor.vocab_size})")
         return await self._express.run(lambda tasks: tasks.processor.tokenizer.decode(list(token_ids)))
 
-    def _enqueue(self, request: PreparedRequest, deadline: float, first: bool) -> list[_Work]:
-        """Queue a prepared request now, in slices of at most ``max_batch_tokens`` (at least one prompt each),
+    def _enqueue(self, request: PreparedRequest, deadline: float, first_part: int) -> list[_Work]:
+        """Queue a prepared request now, in parts of at most ``max_batch_tokens`` (at least one prompt each),
         so that a large request interleaves with small ones instead of holding them up.
 
-        The token cap (``max_queued_tokens``, now that the request's tokens are known) applies to a
-        request's ``first`` part; the rest of an admitted request is not refused half-way.
+        ``first_part``: how many parts of the same request are queued already. The token cap
+        (``max_queued_tokens``, now that the request's tokens are known) and the deadline apply to a
+        request's first part; an admitted request is not refused half-way.
         """
         loop = asyncio.get_running_loop()
         prompts, options = request.prompts, request.options
-        items: list[_Work] = []
+        bounds: list[tuple[int, int, int]] = []
         start, tokens = 0, 0
         for i, prompt in enumerate(prompts):
             if i > start and tokens + len(prompt) > self.max_batch_tokens:
-                items.append(_Work(prompts[start:i], options[start:i], loop.create_future(), tokens, deadline))
+                bounds.append((start, i, tokens))
                 start, tokens = i, 0
             tokens += len(prompt)
         if start < len(prompts):
-            items.append(_Work(prompts[start:], options[start:], loop.create_future(), tokens, deadline))
+            bounds.append((start, len(prompts), tokens))
+        items = [_Work(prompts[a:b], options[a:b], loop.create_future(), n,
+                       deadline if first_part + k == 0 else math.inf, first_part + k)
+                 for k, (a, b, n) in enumerate(bounds)]
         total = sum(w.num_tokens for w in items)
         with self._cond:
             if self._closing:
                 raise EngineClosedError("The server is shutting down")
-            if first and self._queued_tokens and self._queued_tokens + total > self.max_queued_tokens:
+            if first_part == 0 and self._queued_tokens and self._queued_tokens + total > self.max_queued_tokens:
                 raise QueueFullError(
                     f"The server is overloaded: {self._queued_tokens} tokens are queued and this request has "
                     f"{total} (limit {self.max_queued_tokens}); retry later",
@@ -345,6 +383,7 @@ class AsyncPoolingEngine:
                 )
             self._queue.extend(items)
             self._queued_tokens += total
+            self._queued_first_tokens += sum(w.num_tokens for w in items if w.part == 0)
             queued = self._queued_tokens
             self._cond.notify()
         if self.stats is not None:
@@ -385,14 +424,23 @@ class AsyncPoolingEngine:
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
+            # Every request's first parts before any later part (then oldest first): a small request is
+            # served next even behind a large one, and large requests take turns.
+            order = sorted(self._queue, key=lambda w: (w.part, w.enqueued))
             batch: list[_Work] = []
+            taken: set[int] = set()
             tokens = 0
-            while self._queue and (not batch or tokens + self._queue[0].num_tokens <= self.max_batch_tokens):
-                item = self._queue.popleft()
+            for item in order:
+                if taken and tokens + item.num_tokens > self.max_batch_tokens:
+                    break
+                taken.add(id(item))
                 self._queued_tokens -= item.num_tokens
+                if item.part == 0:
+                    self._queued_first_tokens -= item.num_tokens
                 if not self._skipped(item):
                     batch.append(item)
                     tokens += item.num_tokens
+            self._queue = [w for w in self._queue if id(w) not in taken]
             queued = self._queued_tokens
         if self.stats is not None:
             self.stats.set_queued_tokens(queued)

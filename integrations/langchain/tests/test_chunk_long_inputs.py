@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from langchain_poolkit import PoolkitBadRequestError, PoolkitEmbeddings, PoolkitFAISS
+from langchain_poolkit import PoolkitEmbeddings, PoolkitFAISS
 from poolkit.testing import SAMPLE_TEXTS
 
 LONG = " ".join(SAMPLE_TEXTS * 8)  # ~750 tokens; the tiny model takes 128
@@ -132,21 +132,9 @@ def test_server_request_body(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "enable_chunked_processing" not in without and without["truncate_prompt_tokens"] == -1
 
 
-def _skip_if_server_lacks_the_field(exc: PoolkitBadRequestError) -> None:
-    """Until ``/v1/embeddings`` honours ``enable_chunked_processing``, it answers 400 for the long inputs
-    (the field ignored, they are over the limit) or for the field itself: skip with the server's answer."""
-    text = str(exc)
-    if exc.status_code == 400 and ("enable_chunked_processing" in text or "more than the model's maximum" in text):
-        pytest.skip(f"the server does not accept enable_chunked_processing on /v1/embeddings yet: {text}")
-
-
 async def test_server_mode_equals_in_process(chunkable_server_url: str, server_api_key: str, llm: Any) -> None:
     remote = PoolkitEmbeddings(base_url=chunkable_server_url, api_key=server_api_key, chunk_long_inputs=True, chunk_size=2)
-    try:
-        got = np.asarray(remote.embed_documents(MIXED), dtype=np.float32)
-    except PoolkitBadRequestError as exc:
-        _skip_if_server_lacks_the_field(exc)
-        raise
+    got = np.asarray(remote.embed_documents(MIXED), dtype=np.float32)
     np.testing.assert_allclose(got, _chunked(llm, MIXED), atol=ATOL)
     np.testing.assert_allclose(await remote.aembed_documents(MIXED), got, atol=ATOL)
     np.testing.assert_allclose(remote.embed_query(LONG), got[1], atol=ATOL)

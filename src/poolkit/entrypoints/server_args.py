@@ -19,18 +19,39 @@ class ServerArgs(BatchingArgs):
     log_level: str = setting("info", help="poolkit's log level", choices=LOG_LEVELS)
     uvicorn_log_level: str = setting("info", help="uvicorn's log level", choices=(*LOG_LEVELS, "trace"))
     disable_access_log: bool = setting(False, help="no per-request log lines")
-    shutdown_timeout: float = setting(30.0, help="seconds to wait for in-flight requests on SIGTERM/SIGINT")
+    shutdown_timeout: float = setting(30.0, help="seconds in-flight requests get to finish after SIGTERM/SIGINT "
+                                                 "(no new connections meanwhile); those still running are then "
+                                                 "answered 503")
     keep_alive_timeout: int = setting(5, help="idle keep-alive seconds")
     max_inputs_per_request: int = setting(2048, help="inputs per request (as OpenAI)")
     max_input_chars: int = setting(100_000, help="characters per input, checked before tokenizing")
     max_request_bytes: int = setting(64 << 20, help="largest request body accepted (checked while it is read, "
                                                     "chunked or not: 413)")
-    max_request_chars: int = setting(10_000_000, help="characters in all the inputs of one request, checked "
-                                                      "before tokenizing")
+    max_request_chars: int = setting(16_000_000, help="characters in all the inputs of one request, checked "
+                                                      "before tokenizing (400)")
     header_timeout: float = setting(10.0, help="seconds a client has to send a request's headers, on a new "
-                                               "connection or a kept-alive one (then the connection is closed)")
-    body_timeout: float = setting(30.0, help="seconds a client has to send a request's body (then 408)")
-    max_connections: int = setting(1024, help="open connections at once; more are answered 503")
+                                               "connection or a kept-alive one (then the connection is closed); "
+                                               "0: no limit")
+    body_timeout: float = setting(30.0, help="seconds a client has to send a request's whole body, from the end "
+                                             "of its headers (then 408); also how long the rest of a body is read "
+                                             "and dropped after an early answer (413) before the connection "
+                                             "closes; 0: no limit")
+    max_connections: int = setting(1024, help="open connections at once; the request of each one beyond is "
+                                              "answered 503 and its connection closed")
     allowed_hosts: list[str] | None = setting(
-        None, help="accepted Host header values (e.g. api.example.com localhost); others get 400. None: any",
-        parse=parse_names, nargs="+", metavar="HOST")
+        None, help="accepted Host header values: a name (any port, e.g. api.example.com localhost), host:port, "
+                   "*.example.com (subdomains) or *; other hosts get 400 on every route but /health (probes use "
+                   "IP addresses). None: any", parse=parse_names, nargs="+", metavar="HOST")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("shutdown_timeout", "header_timeout", "body_timeout"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("max_request_bytes", "max_request_chars", "max_connections", "max_inputs_per_request",
+                     "max_input_chars"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        for pattern in self.allowed_hosts or ():
+            if "*" in pattern[1:] or (pattern.startswith("*") and pattern != "*" and not pattern.startswith("*.")):
+                raise ValueError(f"allowed host {pattern!r}: a wildcard must be like '*.example.com'")

@@ -3,12 +3,16 @@
 Endpoints are enabled by what the model supports (:data:`ENDPOINTS`): a route of
 an API the model lacks answers 400 naming what it supports, and is left out of
 the OpenAPI schema. Each endpoint family lives in its own module.
+
+/openapi.json describes the server it comes from (:func:`_publish_openapi`): its
+limits, the options its model accepts, and its API key if it has one.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -23,7 +27,8 @@ from . import classify, embeddings, pooling, score, system, tokenize
 from .context import ServerContext
 from .errors import error_response, install_error_handlers
 from .metrics import ServerMetrics
-from .middleware import ServerMiddleware
+from .middleware import PUBLIC_PATHS, ServerMiddleware
+from .protocol import LIMITS_KEY, TEXT_INPUT_SCHEMA
 from .responses import ModelResponse
 
 logger = logging.getLogger(__name__)
@@ -37,6 +42,8 @@ ENDPOINTS: tuple[tuple[APIRouter, str | None], ...] = (
     (classify.router, "classify"),
     (score.router, "score"),
 )
+# Seconds the lifespan waits for the model worker once HTTP is drained.
+ENGINE_CLOSE_TIMEOUT = 5.0
 DOCS_PATHS = frozenset({"/docs", "/openapi.json", "/redoc"})
 
 
@@ -62,7 +69,7 @@ def build_app(engine: AsyncPoolingEngine, settings: ServerArgs | None = None,
         else:
             _include_refusals(app, router, context)
     app.state.enabled_paths = sorted(enabled)
-    _document_validation_errors_as_400(app)
+    _publish_openapi(app, context)
     app.add_middleware(ServerMiddleware, settings=settings, metrics=context.metrics, endpoints=enabled | DOCS_PATHS)
     return app
 
@@ -76,7 +83,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
                 ", ".join(app.state.enabled_paths))
     yield
     logger.info("Shutting down: draining queued requests")
-    await context.engine.close(timeout=context.settings.shutdown_timeout)
+    # Requests still running at the shutdown timeout were answered 503 by the middleware; what remains
+    # queued is theirs (cancelled, skipped at once), so only a batch in flight is waited for, briefly.
+    await context.engine.close(timeout=ENGINE_CLOSE_TIMEOUT)
 
 
 def _api_routes(router: APIRouter) -> list[APIRoute]:
@@ -100,8 +109,9 @@ def _refusal(message: str) -> Callable[[], Awaitable[Response]]:
     return refuse
 
 
-def _document_validation_errors_as_400(app: FastAPI) -> None:
-    """Drop FastAPI's default 422 from the schema: validation errors are the documented 400s."""
+def _publish_openapi(app: FastAPI, context: ServerContext) -> None:
+    """/openapi.json as this server answers: validation errors are the documented 400s (FastAPI's default 422
+    is dropped), limits and model options are this server's, and its API key, if any, is declared."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -110,8 +120,117 @@ def _document_validation_errors_as_400(app: FastAPI) -> None:
             for path_item in schema.get("paths", {}).values():
                 for operation in path_item.values():
                     operation.get("responses", {}).pop("422", None)
+            components = schema.setdefault("components", {})
             for name in ("HTTPValidationError", "ValidationError"):
-                schema.get("components", {}).get("schemas", {}).pop(name, None)
+                components.get("schemas", {}).pop(name, None)
+            _fill_limits(schema, _limits(context))
+            _publish_model_options(components.get("schemas", {}), context)
+            if context.settings.api_key:
+                _declare_api_key(schema)
         return app.openapi_schema  # type: ignore[return-value]
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _limits(context: ServerContext) -> dict[str, int]:
+    """The values of the request schemas' limit placeholders (``protocol.LIMIT_NAMES``) on this server."""
+    settings, mc = context.settings, context.model_config
+    return {
+        "max_inputs_per_request": settings.max_inputs_per_request,
+        "max_input_chars": settings.max_input_chars,
+        "max_model_len": mc.max_model_len,
+        "max_token_id": context.engine.tasks.processor.vocab_size - 1,
+        "max_detokenize_ids": tokenize.max_detokenize_ids(mc.max_model_len),  # the /detokenize check
+    }
+
+
+def _fill_limits(node: Any, limits: Mapping[str, int]) -> None:
+    """Replace every ``{LIMITS_KEY: {keyword: name}}`` placeholder in ``node`` by ``{keyword: limits[name]}``."""
+    if isinstance(node, dict):
+        for keyword, name in node.pop(LIMITS_KEY, {}).items():
+            node[keyword] = limits[name]
+        for value in node.values():
+            _fill_limits(value, limits)
+    elif isinstance(node, list):
+        for value in node:
+            _fill_limits(value, limits)
+
+
+def _publish_model_options(schemas: dict[str, Any], context: ServerContext) -> None:
+    """Request fields whose valid values depend on the model: the served names, the Matryoshka sizes, the
+    Sentence-Transformers prompts; a field that this model refuses whatever its value is published as null-only."""
+    mc = context.model_config
+    by_cosine = mc.task == "embed"  # embedding models score by cosine; cross-encoders by their head
+    dimensions = _dimensions_schema(context)
+    prompt_names = {"type": "string", "enum": sorted(mc.prompts)} if mc.prompts else None
+    chunked: dict[str, Any] = {"type": "boolean"} if _can_chunk(context) else {"type": "boolean", "enum": [False]}
+    options: dict[tuple[str, str], dict[str, Any] | None] = {
+        ("EmbeddingRequest", "dimensions"): dimensions,
+        ("EmbeddingRequest", "prompt_name"): prompt_names,
+        ("EmbeddingRequest", "enable_chunked_processing"): chunked,
+        ("PoolingRequest", "dimensions"): dimensions if mc.task == "embed" else None,
+        ("PoolingRequest", "enable_chunked_processing"): chunked,
+    }
+    for request in ("ScoreRequest", "RerankRequest"):
+        options[request, "dimensions"] = dimensions if by_cosine else None
+        if by_cosine:
+            options[request, "activation"] = None
+    for (name, field), accepted in options.items():
+        if name in schemas:
+            _accept(schemas[name]["properties"][field], accepted)
+    if any(mc.prompts.values()) and "EmbeddingRequest" in schemas:
+        # a prompt (not an empty one) goes with text inputs only: prompt_name is null or names an empty prompt,
+        # or the input is text
+        unprompted = [None, *sorted(name for name, text in mc.prompts.items() if not text)]
+        schemas["EmbeddingRequest"].setdefault("allOf", []).append({"anyOf": [
+            {"properties": {"prompt_name": {"enum": unprompted}}},
+            {"properties": {"input": copy.deepcopy(TEXT_INPUT_SCHEMA)}}]})
+    served = {"type": "string", "enum": [*context.served_names, ""]}  # "" (as null): the served model
+    for name, schema in schemas.items():
+        if name.endswith("Request") and "model" in schema.get("properties", {}):
+            _accept(schema["properties"]["model"], served)
+
+
+def _can_chunk(context: ServerContext) -> bool:
+    """Whether requests may ask for chunked processing of long inputs (an embedding model pooling one vector)."""
+    from ...tasks.chunking import check_chunking
+
+    try:
+        check_chunking(context.model_config, context.engine.tasks.processor)
+    except ValueError:
+        return False
+    return True
+
+
+def _dimensions_schema(context: ServerContext) -> dict[str, Any] | None:
+    """The Matryoshka ``dimensions`` the model accepts, as a JSON schema; ``None`` if it accepts none."""
+    mc = context.model_config
+    if not mc.is_matryoshka:
+        return None
+    if mc.matryoshka_dimensions is None:
+        return {"type": "integer", "minimum": 1, "maximum": mc.embedding_dim}
+    listed = sorted(d for d in mc.matryoshka_dimensions if 1 <= d <= mc.embedding_dim)
+    return {"type": "integer", "enum": listed} if listed else None
+
+
+def _accept(prop: dict[str, Any], accepted: dict[str, Any] | None) -> None:
+    """Make an optional (nullable) property accept ``accepted`` besides null; ``None``: only null."""
+    alternatives = [a for a in prop.pop("anyOf") if a.get("type") == "null"]
+    if accepted is None:
+        prop["description"] = (prop.get("description", "") + " Not supported by this server's model: leave it "
+                               "out (or null).").strip()
+    else:
+        alternatives.insert(0, accepted)
+    prop.update(alternatives[0] if len(alternatives) == 1 else {"anyOf": alternatives})
+
+
+def _declare_api_key(schema: dict[str, Any]) -> None:
+    """The server's API key as an HTTP bearer scheme, required by every operation but the public ones."""
+    schema["components"].setdefault("securitySchemes", {})["APIKey"] = {
+        "type": "http", "scheme": "bearer",
+        "description": "The server's API key (`--api-key`): send `Authorization: Bearer <key>`.",
+    }
+    for path, path_item in schema.get("paths", {}).items():
+        if path not in PUBLIC_PATHS:
+            for operation in path_item.values():
+                operation["security"] = [{"APIKey": []}]

@@ -21,7 +21,8 @@ async def create_embeddings(request: EmbeddingRequest, ctx: Context) -> ModelRes
     prompts = ctx.prompts(request.input)
     params = PoolingParams(dimensions=request.dimensions, normalize=request.normalize)
     outputs = await ctx.process("embed", prompts, params, truncate_prompt_tokens=request.truncate_prompt_tokens,
-                                prompt_name=request.prompt_name, prompt=request.prompt)
+                                prompt_name=request.prompt_name, prompt=request.prompt,
+                                enable_chunked_processing=request.enable_chunked_processing)
     data = [EmbeddingData(index=i, embedding=encode_array(o.outputs.numpy(), request.encoding_format))
             for i, o in enumerate(outputs)]
     return ModelResponse(EmbeddingResponse(id=f"embd-{uuid.uuid4().hex}", model=model, data=data,

@@ -29,6 +29,7 @@ ERROR_TYPES = {
     403: "PermissionDeniedError",
     404: "NotFoundError",
     405: "MethodNotAllowedError",
+    408: "RequestTimeoutError",
     413: "RequestTooLargeError",
     429: "RateLimitError",
     500: "InternalServerError",
@@ -37,12 +38,14 @@ ERROR_TYPES = {
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses=`` documenting ``statuses`` as :class:`ErrorResponse` bodies."""
+    """OpenAPI ``responses=`` documenting ``statuses`` as :class:`ErrorResponse` bodies (``application/json``)."""
     return {status: {"model": ErrorResponse, "description": ERROR_TYPES[status]} for status in statuses}
 
 
-# What any API route may answer besides its 200 (the middleware's 401/413 included).
-API_ERRORS = error_responses(400, 401, 404, 413, 429, 500, 503)
+# What any API route may answer besides its 200: its own errors, and the middleware's and the HTTP server's
+# (401 without the API key, 408 for a body not sent in time, 413 for one over the size limit, 503 when the
+# server is overloaded with connections or stopping). 405 (a method a path does not take) has the same shape.
+API_ERRORS = error_responses(400, 401, 404, 408, 413, 429, 500, 503)
 
 
 class APIError(Exception):

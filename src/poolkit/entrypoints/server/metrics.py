@@ -43,6 +43,12 @@ class ServerMetrics:
             "poolkit_batch_execute_seconds", "Model time per merged batch", buckets=_LATENCY_BUCKETS, registry=r
         )
         self.queued_tokens = Gauge("poolkit_queued_tokens", "Tokens waiting for the model worker", registry=r)
+        self.open_connections = Gauge("poolkit_open_connections", "Open HTTP connections", registry=r)
+        self.protocol_rejections = Counter(
+            "poolkit_http_rejections", "Connections the HTTP layer answered or closed itself, before or instead "
+            "of the app: header_timeout (request headers too slow), max_connections (503), bad_request (malformed "
+            "HTTP: 400), body_drain (a body still arriving after its early answer, cut off)", ["reason"], registry=r,
+        )
         self.skipped_tokens = Counter(
             "poolkit_skipped_tokens", "Queued tokens never run: their caller went away (cancelled) or they waited "
             "past their deadline (expired)", ["reason"], registry=r,
@@ -60,6 +66,16 @@ class ServerMetrics:
 
     def add_prompt_tokens(self, endpoint: str, tokens: int) -> None:
         self.prompt_tokens.labels(endpoint).inc(tokens)
+
+    # -- HTTP connections (called by the uvicorn protocol, see uvicorn_server) --
+    def connection_opened(self) -> None:
+        self.open_connections.inc()
+
+    def connection_closed(self) -> None:
+        self.open_connections.dec()
+
+    def connection_rejected(self, reason: str) -> None:
+        self.protocol_rejections.labels(reason).inc()
 
     # -- EngineStats (called from the model worker thread; prometheus_client is thread-safe) --
     def observe_queue_wait(self, seconds: float) -> None:

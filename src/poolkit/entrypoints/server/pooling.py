@@ -20,7 +20,8 @@ async def create_pooling(request: PoolingRequest, ctx: Context) -> ModelResponse
     model = ctx.check_model(request.model)
     prompts = ctx.prompts(request.input)
     params = PoolingParams(dimensions=request.dimensions, normalize=request.normalize, activation=request.activation)
-    outputs = await ctx.process("encode", prompts, params, truncate_prompt_tokens=request.truncate_prompt_tokens)
+    outputs = await ctx.process("encode", prompts, params, truncate_prompt_tokens=request.truncate_prompt_tokens,
+                                enable_chunked_processing=request.enable_chunked_processing)
     data = [PoolingData(index=i, data=encode_array(o.outputs.numpy(), request.encoding_format))
             for i, o in enumerate(outputs)]
     return ModelResponse(PoolingResponse(id=f"pool-{uuid.uuid4().hex}", model=model, data=data,

@@ -8,22 +8,30 @@ so the published OpenAPI schema and the bytes on the wire cannot drift.
 Some rules the server checks itself, with messages clients rely on ("'input'
 item 1 is an empty string"); a pydantic constraint would replace those
 messages, so :func:`_documents` only *publishes* them in the JSON schema.
+Rules whose bounds are settings of the server or facts of the model (a list's
+``maxItems`` is ``--max-inputs-per-request``, a token id's ``maximum`` the
+vocabulary's last id) are written as :func:`_limits` placeholders, which
+``build_app`` fills in for the server it builds (see ``app.py``), so that each
+server's /openapi.json states its own limits.
+
+Fields that are not OpenAI's are marked "Extension" in their descriptions.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Annotated, Any, Generic, Literal, Optional, TypeVar, Union
 
 import numpy as np
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
     PlainValidator,
     StrictBool,
-    StrictInt,
     StrictStr,
     WithJsonSchema,
 )
@@ -31,7 +39,9 @@ from pydantic.fields import FieldInfo
 
 
 class OpenAIBaseModel(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # Response schemas list every field as required: every field is sent (a field that may be left out of a
+    # response says so with ``exclude_if``, which keeps it optional). Requests are unaffected.
+    model_config = ConfigDict(extra="ignore", json_schema_serialization_defaults_required=True)
 
 
 def _documents(**keywords: Any) -> FieldInfo:
@@ -39,26 +49,73 @@ def _documents(**keywords: Any) -> FieldInfo:
     return Field(json_schema_extra=keywords)
 
 
+LIMITS_KEY = "x-poolkit-limits"
+"""Placeholder key in the generated JSON schema: ``{LIMITS_KEY: {keyword: limit name}}``, see :func:`_limits`."""
+
+LIMIT_NAMES = frozenset({"max_inputs_per_request", "max_input_chars", "max_model_len", "max_token_id",
+                         "max_detokenize_ids"})
+
+
+def _limits(**keywords: str) -> dict[str, Any]:
+    """JSON-schema keywords whose values are a limit of the server or the model, by name (:data:`LIMIT_NAMES`).
+
+    ``build_app`` replaces ``{LIMITS_KEY: {"maxItems": "max_inputs_per_request"}}`` by ``{"maxItems": 2048}``
+    (that server's ``--max-inputs-per-request``) when it publishes the schema.
+    """
+    assert set(keywords.values()) <= LIMIT_NAMES, keywords
+    return {LIMITS_KEY: keywords}
+
+
+def _whole_number_as_int(value: Any) -> Any:
+    """``1.0`` as ``1``: JSON Schema's ``integer`` is any number without a fractional part, so accept those.
+
+    Strings and booleans stay errors (no ``"1"`` → 1 or ``true`` → 1), and so do ``1.5``, ``inf`` and ``nan``.
+    """
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# An integer as JSON Schema means it (``3`` or ``3.0``); constraints go before the validator, so that they
+# are published as JSON-schema keywords.
+JsonInt = Annotated[int, Field(strict=True), BeforeValidator(_whole_number_as_int)]
+NonNegativeInt = Annotated[int, Field(strict=True, ge=0), BeforeValidator(_whole_number_as_int)]
+
+
 # -- shared request pieces ---------------------------------------------------------
 
-NonEmptyStr = Annotated[StrictStr, _documents(minLength=1)]
-TokenId = Annotated[StrictInt, _documents(minimum=0)]
+# One input text: not empty, at most --max-input-chars characters (code points, as JSON Schema counts them).
+InputText = Annotated[StrictStr, _documents(minLength=1, **_limits(maxLength="max_input_chars"))]
+# A list of inputs: not empty, at most --max-inputs-per-request of them.
+InputTexts = Annotated[list[InputText], _documents(minItems=1, **_limits(maxItems="max_inputs_per_request"))]
+TokenId = Annotated[JsonInt, _documents(minimum=0, **_limits(maximum="max_token_id"))]
+# One input as token ids (its length is limited by the model's maximum, unless truncate_prompt_tokens is set).
 TokenIds = Annotated[list[TokenId], _documents(minItems=1)]
-NonEmptyStrList = Annotated[list[NonEmptyStr], _documents(minItems=1)]
-PromptInput = Union[NonEmptyStr, NonEmptyStrList, TokenIds, Annotated[list[TokenIds], _documents(minItems=1)]]
-TextInput = Union[NonEmptyStr, NonEmptyStrList]
+PromptInput = Union[InputText, InputTexts, TokenIds,
+                    Annotated[list[TokenIds], _documents(minItems=1, **_limits(maxItems="max_inputs_per_request"))]]
+TextInput = Union[InputText, InputTexts]
+# -1 (the model's limit) or 1 ... the model's limit.
+TruncatePromptTokens = Annotated[JsonInt, WithJsonSchema({"type": "integer", "anyOf": [
+    {"const": -1}, {"minimum": 1, **_limits(maximum="max_model_len")}]})]
+# ≥ 1; the sizes the model accepts are published by each server (see app.py).
+Dimensions = Annotated[JsonInt, _documents(minimum=1)]
 
-_MODEL = Field(None, description="Served model name; optional (must match /v1/models when given).")
+_MODEL = Field(None, description="A served model name (see /v1/models); omitted, null or empty: the served model. "
+                                 "Another name is answered 404.")
 _INPUT = Field(
     ...,
-    description="A text, a list of texts, a list of token ids, or a list of those. Not empty; no empty strings.",
+    description="The inputs: a text, a list of texts, a list of token ids (one input), or a list of those. "
+    "Not empty; no empty text or empty token-id list; at most the server's limits on inputs per request and "
+    "characters per text (maxItems, maxLength). Each input must fit the model's maximum length in tokens "
+    "(`max_model_len` in /v1/models) unless truncate_prompt_tokens is set.",
 )
 _TRUNCATE = Field(
     None,
-    description="Keep only this many tokens of each input (-1: the model's limit). Without it, an input longer "
-    "than the model's limit is an error.",
+    description="Extension (vLLM): cut each input to this many tokens, the model's special tokens kept "
+    "(-1: to the model's maximum length). Without it, an input longer than the model's maximum is an error. "
+    "The number of inputs cut is reported in usage.truncated_inputs.",
 )
-
+_USER = Field(None, description="An end-user id (OpenAI's field); accepted and ignored.")
 
 # -- shared response pieces ----------------------------------------------------------
 
@@ -101,16 +158,18 @@ Base64Floats = Annotated[StrictStr, Field(description="Little-endian float32 byt
 
 
 class ErrorResponse(OpenAIBaseModel):
+    """Every error the server sends (4xx and 5xx), in the shape of OpenAI's and vLLM's errors."""
+
     object: Literal["error"] = "error"
-    message: str
-    type: str
-    param: Optional[str] = None
-    code: int
+    message: str = Field(description="What went wrong, for people.")
+    type: str = Field(description="The error's class, e.g. `BadRequestError`, `NotFoundError`.")
+    param: Optional[str] = Field(default=None, description="Always null (OpenAI's field).")
+    code: int = Field(description="The HTTP status.")
 
 
 class UsageInfo(OpenAIBaseModel):
-    prompt_tokens: int = 0
-    total_tokens: int = 0
+    prompt_tokens: int = Field(default=0, description="Tokens of all the inputs, as the model read them.")
+    total_tokens: int = Field(default=0, description="The same as prompt_tokens (nothing is generated).")
     truncated_inputs: int = Field(0, description="Extension: inputs cut by truncate_prompt_tokens.")
 
 
@@ -131,20 +190,51 @@ class ListResponse(OpenAIBaseModel, Generic[DataT]):
 # -- /v1/embeddings ---------------------------------------------------------------
 
 
+# ``input`` as text (one, or a list), not token ids.
+TEXT_INPUT_SCHEMA: dict[str, Any] = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+
+
+_CHUNKED = Field(
+    None, description="Extension (vLLM's pooler-config name, per request): an input longer than the model is "
+    "embedded in chunks that each fit it (the model's special tokens on every chunk), whose pooled vectors are "
+    "averaged by token count before normalization; up to the model's max_embed_len tokens. Not together with "
+    "truncate_prompt_tokens (truncation wins). null: the model's setting. Embedding models pooling one vector "
+    "per input only.")
+
+
 class EmbeddingRequest(OpenAIBaseModel):
+    # Rules across fields, written without "not" (which schemathesis' coverage phase cannot generate around):
+    # prompt and prompt_name exclude each other, and a prompt text goes with text inputs only (app.py adds the
+    # same rule for the model's prompt names).
+    model_config = ConfigDict(json_schema_extra={"allOf": [
+        # one of prompt and prompt_name is left out or null
+        {"anyOf": [{"properties": {"prompt": {"type": "null"}}}, {"properties": {"prompt_name": {"type": "null"}}}]},
+        # prompt is left out, null or empty, or the input is text
+        {"anyOf": [{"properties": {"prompt": {"maxLength": 0}}}, {"properties": {"input": TEXT_INPUT_SCHEMA}}]},
+    ]})
+
     model: Optional[str] = _MODEL
     input: PromptInput = _INPUT
     encoding_format: Literal["float", "base64"] = Field(
-        "float", description="`base64`: little-endian float32 bytes, base64-encoded (the openai client's default)."
+        "float", description="`float`: arrays of numbers; `base64`: each embedding as little-endian float32 bytes, "
+        "base64-encoded (the openai client's default)."
     )
-    dimensions: Optional[StrictInt] = Field(None, description="Matryoshka output size (models that support it).")
-    user: Optional[str] = None
-    truncate_prompt_tokens: Optional[StrictInt] = _TRUNCATE
-    normalize: Optional[StrictBool] = Field(None, description="Override the model's L2 normalization.")
+    dimensions: Optional[Dimensions] = Field(
+        None, description="Matryoshka output size: the embedding is cut to this many dimensions, then normalized "
+        "again. Only models that support it, and only the sizes the model lists (this server's schema gives them).")
+    user: Optional[str] = _USER
+    truncate_prompt_tokens: Optional[TruncatePromptTokens] = _TRUNCATE
+    normalize: Optional[StrictBool] = Field(
+        None, description="Extension (vLLM): L2-normalize the embeddings (true) or not (false); null: as the model "
+        "does.")
     prompt_name: Optional[StrictStr] = Field(
-        None, description="Extension: a Sentence-Transformers prompt of the model (see /v1/models) put before "
-        "every text; without it (and without `prompt`) the model's default prompt applies.")
-    prompt: Optional[StrictStr] = Field(None, description="Extension: a prompt text put before every text.")
+        None, description="Extension: the name of one of the model's Sentence-Transformers prompts (`prompts` in "
+        "/v1/models) put before every text input; without it (and without `prompt`) the model's default prompt "
+        "applies. Not together with `prompt`, nor (unless the prompt is empty) with token-id inputs.")
+    prompt: Optional[StrictStr] = Field(
+        None, description="Extension: a prompt text put before every text input, instead of the model's default "
+        "prompt (\"\": none). Not together with `prompt_name`, nor (unless empty) with token-id inputs.")
+    enable_chunked_processing: Optional[StrictBool] = _CHUNKED
 
 
 class EmbeddingData(OpenAIBaseModel):
@@ -164,13 +254,19 @@ class PoolingRequest(OpenAIBaseModel):
     model: Optional[str] = _MODEL
     input: PromptInput = _INPUT
     encoding_format: Literal["float", "base64"] = Field(
-        "float", description="`base64`: the flattened output as little-endian float32 bytes."
+        "float", description="`float`: (nested) arrays of numbers; `base64`: each output flattened, as "
+        "little-endian float32 bytes, base64-encoded."
     )
-    dimensions: Optional[StrictInt] = None
-    normalize: Optional[StrictBool] = None
-    activation: Optional[StrictBool] = None
-    user: Optional[str] = None
-    truncate_prompt_tokens: Optional[StrictInt] = _TRUNCATE
+    dimensions: Optional[Dimensions] = Field(
+        None, description="Matryoshka output size, as on /v1/embeddings (embedding models that support it).")
+    normalize: Optional[StrictBool] = Field(
+        None, description="L2-normalize the output (true) or not (false); null: as the model's pooler does.")
+    activation: Optional[StrictBool] = Field(
+        None, description="Apply the model's activation (softmax or sigmoid) to classifier outputs (true) or "
+        "not (false); null: as the model's pooler does.")
+    user: Optional[str] = _USER
+    enable_chunked_processing: Optional[StrictBool] = _CHUNKED
+    truncate_prompt_tokens: Optional[TruncatePromptTokens] = _TRUNCATE
 
 
 class PoolingData(OpenAIBaseModel):
@@ -189,9 +285,10 @@ class PoolingResponse(ListResponse[PoolingData]):
 class ClassificationRequest(OpenAIBaseModel):
     model: Optional[str] = _MODEL
     input: PromptInput = _INPUT
-    activation: Optional[StrictBool] = Field(None, description="false: raw logits instead of probabilities.")
-    user: Optional[str] = None
-    truncate_prompt_tokens: Optional[StrictInt] = _TRUNCATE
+    activation: Optional[StrictBool] = Field(
+        None, description="false: raw logits instead of probabilities; null or true: probabilities.")
+    user: Optional[str] = _USER
+    truncate_prompt_tokens: Optional[TruncatePromptTokens] = _TRUNCATE
 
 
 class ClassificationData(OpenAIBaseModel):
@@ -209,16 +306,21 @@ class ClassificationResponse(ListResponse[ClassificationData]):
 
 
 _SCORE_DIMENSIONS = Field(None, description="Extension: embedding models score by the cosine of vectors cut to "
-                                            "this Matryoshka size (models that support it).")
+                                            "this Matryoshka size (models that support it; not cross-encoders).")
+_SCORE_ACTIVATION = Field(None, description="Cross-encoders: apply the model's activation (sigmoid) to the score "
+                                            "(true) or return the raw logit (false); null: as the model does. Not "
+                                            "for embedding models, which score by cosine.")
 
 
 class ScoreRequest(OpenAIBaseModel):
     model: Optional[str] = _MODEL
-    text_1: TextInput = Field(..., description="Queries: one, or as many as text_2.")
-    text_2: TextInput = Field(..., description="Documents: scored against text_1.")
-    activation: Optional[StrictBool] = None
-    dimensions: Optional[StrictInt] = _SCORE_DIMENSIONS
-    truncate_prompt_tokens: Optional[StrictInt] = _TRUNCATE
+    text_1: TextInput = Field(..., description="The first texts of the pairs: one text (scored against every "
+                                               "text_2: 1:1 or 1:N), or a list as long as text_2 (N:N, zipped); a "
+                                               "list of one counts as one text.")
+    text_2: TextInput = Field(..., description="The second texts of the pairs: one text or a list.")
+    activation: Optional[StrictBool] = _SCORE_ACTIVATION
+    dimensions: Optional[Dimensions] = _SCORE_DIMENSIONS
+    truncate_prompt_tokens: Optional[TruncatePromptTokens] = _TRUNCATE
 
 
 class ScoreData(OpenAIBaseModel):
@@ -235,23 +337,40 @@ class ScoreResponse(ListResponse[ScoreData]):
 
 
 class RerankDocument(OpenAIBaseModel):
-    text: NonEmptyStr
+    text: InputText
 
 
 class RerankRequest(OpenAIBaseModel):
     model: Optional[str] = _MODEL
-    query: NonEmptyStr
-    documents: Annotated[list[Union[NonEmptyStr, RerankDocument]], _documents(minItems=1)]
-    top_n: Optional[StrictInt] = Field(None, ge=0, description="Return only the best N results (0 or omitted: all).")
+    query: InputText = Field(..., description="The query every document is scored against.")
+    documents: Annotated[list[Union[InputText, RerankDocument]],
+                         _documents(minItems=1, **_limits(maxItems="max_inputs_per_request"))] = Field(
+        ..., description="The documents to rank: texts, or objects with a `text`.")
+    top_n: Optional[NonNegativeInt] = Field(
+        None, description="Return only the best N results (0, null or omitted: all).")
     return_documents: Optional[StrictBool] = Field(
         None, description="Include each document's text (default: true on /rerank and /v1/rerank, false on /v2/rerank)."
     )
-    activation: Optional[StrictBool] = None
-    dimensions: Optional[StrictInt] = _SCORE_DIMENSIONS
-    truncate_prompt_tokens: Optional[StrictInt] = _TRUNCATE
+    activation: Optional[StrictBool] = _SCORE_ACTIVATION
+    dimensions: Optional[Dimensions] = _SCORE_DIMENSIONS
+    truncate_prompt_tokens: Optional[TruncatePromptTokens] = _TRUNCATE
+
+
+def _never_null(field: str) -> Callable[[dict[str, Any]], None]:
+    """A model's ``json_schema_extra`` for an optional field that is left out rather than sent as null."""
+
+    def edit(schema: dict[str, Any]) -> None:
+        prop = schema["properties"][field]
+        alternatives = [a for a in prop.pop("anyOf") if a != {"type": "null"}]
+        prop.pop("default", None)
+        prop.update(alternatives[0] if len(alternatives) == 1 else {"anyOf": alternatives})
+
+    return edit
 
 
 class RerankResult(OpenAIBaseModel):
+    model_config = ConfigDict(json_schema_extra=_never_null("document"))
+
     index: int
     relevance_score: float
     document: Optional[RerankDocument] = Field(
@@ -275,6 +394,8 @@ class CohereBilledUnits(OpenAIBaseModel):
 
 
 class CohereMeta(OpenAIBaseModel):
+    """Cohere v2's ``meta`` (only on /v2/rerank): one search unit per 100 documents."""
+
     api_version: CohereApiVersion = Field(default_factory=CohereApiVersion)
     billed_units: CohereBilledUnits = Field(default_factory=CohereBilledUnits)
 
@@ -288,19 +409,21 @@ class RerankV2Response(RerankResponse):
 
 class TokenizeRequest(OpenAIBaseModel):
     model: Optional[str] = _MODEL
-    prompt: StrictStr
-    add_special_tokens: StrictBool = True
+    prompt: Annotated[StrictStr, _documents(**_limits(maxLength="max_input_chars"))] = Field(
+        ..., description="The text to tokenize (may be empty), at most the server's limit of characters per text.")
+    add_special_tokens: StrictBool = Field(True, description="Add the model's special tokens ([CLS], [SEP], ...).")
 
 
 class TokenizeResponse(OpenAIBaseModel):
     tokens: list[int]
-    count: int
-    max_model_len: int
+    count: int = Field(description="The number of tokens.")
+    max_model_len: int = Field(description="The model's maximum input length in tokens.")
 
 
 class DetokenizeRequest(OpenAIBaseModel):
     model: Optional[str] = _MODEL
-    tokens: list[TokenId]
+    tokens: Annotated[list[TokenId], _documents(**_limits(maxItems="max_detokenize_ids"))] = Field(
+        ..., description="Token ids of the model's vocabulary (may be empty).")
 
 
 class DetokenizeResponse(OpenAIBaseModel):
@@ -314,8 +437,8 @@ class ModelCard(OpenAIBaseModel):
     owned_by: str = "poolkit"
     root: str
     parent: Optional[str] = None
-    max_model_len: int
-    task: str
+    max_model_len: int = Field(description="Extension (vLLM): the model's maximum input length in tokens.")
+    task: str = Field(description="Extension: the model's task (embed, classify, score, ...).")
     prompts: dict[str, str] = Field(default_factory=dict,
                                     description="Extension: the model's Sentence-Transformers prompts by name.")
     default_prompt_name: Optional[str] = Field(None, description="Extension: the prompt applied by default.")

@@ -15,13 +15,21 @@ logger = logging.getLogger(__name__)
 
 
 def run_server(args: argparse.Namespace) -> int:
-    """Serve until SIGINT/SIGTERM, then stop accepting connections, drain in-flight requests and exit."""
+    """Serve until SIGINT/SIGTERM, then stop accepting connections, drain in-flight requests and exit.
+
+    In-flight requests get ``shutdown_timeout`` seconds to finish; those still running are then answered 503.
+    SIGTERM returns 0 once stopped; SIGINT raises ``KeyboardInterrupt`` (the CLI exits 130).
+    """
     import uvicorn
 
     from ... import settings
     from ..cli import engine_args
+    from .uvicorn_server import SHUTDOWN_BACKSTOP_S, PoolkitH11Protocol, PoolkitServer
 
-    server_args = settings.from_arguments(ServerArgs, args)
+    try:
+        server_args = settings.from_arguments(ServerArgs, args)
+    except ValueError as exc:
+        raise SystemExit(f"poolkit serve: error: {exc}") from None
     try:
         llm = LLM.from_engine_args(engine_args(args))
     except (ValueError, TypeError, OSError) as exc:  # bad model, task or flags: one clear line, no traceback
@@ -34,12 +42,14 @@ def run_server(args: argparse.Namespace) -> int:
         app,
         host=server_args.host,
         port=server_args.port,
+        http=PoolkitH11Protocol.configured(server_args, metrics),
         log_level=server_args.uvicorn_log_level,
         access_log=not server_args.disable_access_log,
-        timeout_graceful_shutdown=server_args.shutdown_timeout,  # type: ignore[arg-type]  # a float works
+        # A backstop: at shutdown_timeout PoolkitServer has the middleware answer what still runs (503).
+        timeout_graceful_shutdown=server_args.shutdown_timeout + SHUTDOWN_BACKSTOP_S,  # type: ignore[arg-type]
         timeout_keep_alive=server_args.keep_alive_timeout,
     )
-    uvicorn.Server(config).run()
+    PoolkitServer(config, app.state.context.shutdown, server_args.shutdown_timeout).run()
     return 0
 
 

@@ -1,4 +1,4 @@
-"""``GET /health``, ``GET /metrics`` (Prometheus) and ``GET /v1/models``: there for every model."""
+"""``GET`` (and ``HEAD``) ``/health``, ``GET /metrics`` (Prometheus) and ``GET /v1/models``: there for every model."""
 
 from __future__ import annotations
 
@@ -15,11 +15,15 @@ router = APIRouter(tags=["System"])
 
 @router.get("/health", response_class=Response, summary="200 while the engine runs",
             responses={200: {"description": "The engine is running (empty body)"},
-                       **error_responses(400, 413, 500, 503)})
+                       **error_responses(400, 408, 413, 500, 503)})
 async def health(ctx: Context) -> Response:
     if not ctx.engine.is_running:
         return error_response(503, "The engine is not running")
     return Response(status_code=200)
+
+
+# HEAD too (load balancers and `curl -I` probe with it); not a separate operation in the OpenAPI schema.
+router.add_api_route("/health", health, methods=["HEAD"], response_class=Response, include_in_schema=False)
 
 
 @router.get("/metrics", response_class=Response, summary="Prometheus metrics",
