@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from poolkit import LLM, PoolerConfig, PoolingParams
-from poolkit.testing import SAMPLE_TEXTS, write_config_overrides
+from poolkit.testing import SAMPLE_TEXTS
 
 pytestmark = pytest.mark.unit
 
@@ -106,11 +106,7 @@ def test_matryoshka_dimension_must_be_positive(tiny) -> None:
 
 
 def test_matryoshka_from_config_json(tiny, tmp_path) -> None:
-    import shutil
-
-    path = tmp_path / "mrl"
-    shutil.copytree(tiny("encoder", pooling="mean", normalize=True), path)
-    write_config_overrides(path, is_matryoshka=True)
+    path = tiny("encoder", pooling="mean", normalize=True, config={"is_matryoshka": True})
     llm = LLM(str(path), dtype="float32")
     assert llm.model_config.is_matryoshka
     assert len(llm.embed("hi", pooling_params=PoolingParams(dimensions=5), use_tqdm=False)[0].outputs.embedding) == 5
@@ -216,12 +212,30 @@ def test_repr_is_informative(encoder: LLM) -> None:
 def test_chunked_tokenization_pipeline_keeps_order_and_error_indices(encoder: LLM, monkeypatch) -> None:
     import poolkit.engine as engine_module
 
-    monkeypatch.setattr(engine_module, "TOKENIZE_CHUNK", 4)
+    monkeypatch.setattr(engine_module, "TOKENIZE_SLICE_PROMPTS", 4)
     texts = [f"text number {i} " + "word " * (i % 7) for i in range(11)]
     piped = _vectors(encoder.embed(texts, use_tqdm=False))
-    monkeypatch.setattr(engine_module, "TOKENIZE_CHUNK", 1000)
+    monkeypatch.setattr(engine_module, "TOKENIZE_SLICE_PROMPTS", 1000)
     whole = _vectors(encoder.embed(texts, use_tqdm=False))
     np.testing.assert_allclose(piped, whole, atol=1e-6)
-    monkeypatch.setattr(engine_module, "TOKENIZE_CHUNK", 4)
+    monkeypatch.setattr(engine_module, "TOKENIZE_SLICE_PROMPTS", 4)
     with pytest.raises(ValueError, match="Prompt 9 has"):
         encoder.embed(texts[:9] + ["word " * 500] + texts[:1])
+
+
+def test_large_texts_are_sliced_by_characters(encoder: LLM, monkeypatch) -> None:
+    import poolkit.engine as engine_module
+
+    texts = [f"text number {i} " + "word " * (i % 7) for i in range(11)]
+    whole = _vectors(encoder.embed(texts, use_tqdm=False))
+    prepared: list[int] = []
+    real_prepare = encoder.tasks.prepare
+
+    def count(task, items, *args, **kwargs):
+        prepared.append(len(items))
+        return real_prepare(task, items, *args, **kwargs)
+
+    monkeypatch.setattr(encoder.tasks, "prepare", count)
+    monkeypatch.setattr(engine_module, "TOKENIZE_SLICE_CHARS", 60)  # a few texts per slice
+    np.testing.assert_allclose(_vectors(encoder.embed(texts, use_tqdm=False)), whole, atol=1e-6)
+    assert len(prepared) > 2 and sum(prepared) == len(texts)

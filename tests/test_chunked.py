@@ -11,7 +11,7 @@ import torch
 import transformers as tf
 
 from poolkit import LLM, PoolingParams
-from poolkit.testing import SAMPLE_TEXTS, write_config_overrides
+from poolkit.testing import SAMPLE_TEXTS
 
 pytestmark = pytest.mark.unit
 
@@ -61,8 +61,7 @@ def test_chunks_merge_as_documented(tiny, pooling) -> None:
 
 
 def test_normalize_and_matryoshka_run_after_merging(tiny) -> None:
-    path = tiny("encoder", pooling="mean", normalize=True)
-    write_config_overrides(path, matryoshka_dimensions=[8, 16])
+    path = tiny("encoder", pooling="mean", normalize=True, config={"matryoshka_dimensions": [8, 16]})
     llm = LLM(str(path), dtype="float32", override_pooler_config={"enable_chunked_processing": True})
     merged = reference(str(path), llm.tokenizer(LONG)["input_ids"], "mean")
     (full,) = llm.embed(LONG, use_tqdm=False)

@@ -20,7 +20,7 @@ import pytest
 
 from poolkit import LLM, PoolingParams
 from poolkit.entrypoints.testing import RemoteServer
-from poolkit.testing import SAMPLE_TEXTS, write_config_overrides
+from poolkit.testing import SAMPLE_TEXTS
 
 PROMPTS = {"query": "query: ", "document": "passage: "}
 NAME = "tiny-prompted"
@@ -31,8 +31,8 @@ ATOL = 1e-5
 
 @pytest.fixture(scope="module")
 def model_path(tiny) -> str:
-    path = tiny("encoder", pooling="mean", prompts=PROMPTS, default_prompt_name="document", include_prompt=False)
-    write_config_overrides(path, matryoshka_dimensions=[8, 16])
+    path = tiny("encoder", pooling="mean", prompts=PROMPTS, default_prompt_name="document", include_prompt=False,
+                config={"matryoshka_dimensions": [8, 16]})
     return str(path)
 
 

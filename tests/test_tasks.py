@@ -9,7 +9,7 @@ import pytest
 
 from poolkit import LLM, PoolingParams
 from poolkit.tasks import Tasks, role_prompt_name
-from poolkit.testing import SAMPLE_TEXTS, write_config_overrides
+from poolkit.testing import SAMPLE_TEXTS
 
 pytestmark = pytest.mark.unit
 
@@ -104,8 +104,7 @@ def test_pairs_report_their_untruncated_length(tiny) -> None:
 
 
 def test_cosine_score_honours_pooling_params(tiny) -> None:
-    path = tiny("encoder", pooling="mean")
-    write_config_overrides(path, matryoshka_dimensions=[8, 16])
+    path = tiny("encoder", pooling="mean", config={"matryoshka_dimensions": [8, 16]})
     llm = LLM(str(path), dtype="float32")
     params = PoolingParams(dimensions=8)
     scores = [o.outputs.score for o in llm.score(TEXTS[0], TEXTS[1:4], pooling_params=params, use_tqdm=False)]

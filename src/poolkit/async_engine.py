@@ -47,7 +47,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .engine import LLM
-from .inputs import InputProcessor, TokenizedPrompt, normalize_prompts
+from .inputs import InputProcessor, TokenizedPrompt, normalize_prompts, slices
 from .outputs import RequestOutput
 from .params import HeadOptions
 from .settings import BatchingArgs
@@ -326,15 +326,9 @@ class AsyncPoolingEngine:
         """Prepare a large per-input request slice by slice on the bulk lane (``first_index`` keeps messages right)."""
         items = normalize_prompts(args[0])
         params = params_list(args[1] if len(args) > 1 else kwargs.pop("pooling_params", None), len(items))
-        start = 0
-        while start < len(items):
-            end, chars = start, 0
-            while end < len(items) and (end == start or chars + count_chars(items[end]) <= SLICE_CHARS):
-                chars += count_chars(items[end])
-                end += 1
+        for start, end in slices(items, len(items), SLICE_CHARS):
             yield await self._bulk.run(Tasks.prepare, task, items[start:end], params[start:end],
                                        first_index=start, **kwargs)
-            start = end
 
     async def tokenize_text(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of one text, without the length check (for ``/tokenize``)."""

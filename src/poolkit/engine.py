@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import ModelConfig
-from .inputs import InputProcessor, Prompt, TokenizedPrompt, normalize_prompts
+from .inputs import InputProcessor, Prompt, TokenizedPrompt, normalize_prompts, slices
 from .loader import CheckpointFiles, load_dense, load_hf_model, load_model_config_and_tokenizer
 from .outputs import (
     ClassificationRequestOutput,
@@ -34,9 +34,10 @@ from .tasks.base import PoolingParamsArg, params_list
 
 logger = logging.getLogger(__name__)
 
-# Inputs longer than this are tokenized chunk by chunk on a helper thread,
-# overlapping the model's work on the previous chunk.
-TOKENIZE_CHUNK = 4096
+# Inputs with more prompts or characters than this are tokenized slice by slice on a helper
+# thread, overlapping the model's work on the previous slice.
+TOKENIZE_SLICE_PROMPTS = 4096
+TOKENIZE_SLICE_CHARS = 1 << 20
 DEFAULT_BATCHED_TOKENS = 8192
 
 
@@ -288,27 +289,27 @@ class LLM:
     def _run(self, task: str, prompts: Prompt | Sequence[Prompt], pooling_params: PoolingParamsArg, *,
              use_tqdm: bool, **kwargs: Any) -> list[Any]:
         items = normalize_prompts(prompts)
-        if len(items) <= TOKENIZE_CHUNK:
+        bounds = slices(items, TOKENIZE_SLICE_PROMPTS, TOKENIZE_SLICE_CHARS)
+        if len(bounds) <= 1:
             return self.execute(self.tasks.prepare(task, items, pooling_params, **kwargs), use_tqdm=use_tqdm)
-        return self._run_pipelined(task, items, pooling_params, use_tqdm, kwargs)
+        return self._run_pipelined(task, items, bounds, pooling_params, use_tqdm, kwargs)
 
-    def _run_pipelined(self, task: str, items: list[Prompt], pooling_params: PoolingParamsArg, use_tqdm: bool,
-                       kwargs: dict[str, Any]) -> list[Any]:
-        """Prepare chunk k+1 on a helper thread while the model runs chunk k."""
+    def _run_pipelined(self, task: str, items: list[Prompt], bounds: list[tuple[int, int]],
+                       pooling_params: PoolingParamsArg, use_tqdm: bool, kwargs: dict[str, Any]) -> list[Any]:
+        """Prepare slice k+1 on a helper thread while the model runs slice k."""
         params = params_list(pooling_params, len(items))
 
-        def prepare(start: int) -> PreparedRequest:
-            end = start + TOKENIZE_CHUNK
+        def prepare(start: int, end: int) -> PreparedRequest:
             return self.tasks.prepare(task, items[start:end], params[start:end], first_index=start, **kwargs)
 
         outputs: list[Any] = []
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="poolkit-tokenize") as pool, \
                 _progress(len(items), use_tqdm) as bar:
-            pending = pool.submit(prepare, 0)
-            for start in range(0, len(items), TOKENIZE_CHUNK):
+            pending = pool.submit(prepare, *bounds[0])
+            for k in range(len(bounds)):
                 request = pending.result()
-                if start + TOKENIZE_CHUNK < len(items):
-                    pending = pool.submit(prepare, start + TOKENIZE_CHUNK)
+                if k + 1 < len(bounds):
+                    pending = pool.submit(prepare, *bounds[k + 1])
                 outputs += self.execute(request, progress=bar)
         return outputs
 

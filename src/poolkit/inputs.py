@@ -64,6 +64,28 @@ def normalize_prompts(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
     raise TypeError(f"Prompts must be a string, a list of token ids, or a list of those; got {type(prompts).__name__}")
 
 
+def prompt_size(prompt: Prompt) -> int:
+    """A prompt's size before tokenizing: characters of a text, or the number of token ids."""
+    return len(prompt)
+
+
+def slices(prompts: Sequence[Prompt], max_items: int, max_chars: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` ranges cutting ``prompts`` into slices of at most ``max_items`` prompts and about
+    ``max_chars`` characters (at least one prompt each): the units a large input is tokenized in while the
+    model runs the previous one."""
+    bounds: list[tuple[int, int]] = []
+    start = 0
+    while start < len(prompts):
+        stop, size = start, 0
+        while stop < len(prompts) and stop - start < max_items and (
+                stop == start or size + prompt_size(prompts[stop]) <= max_chars):
+            size += prompt_size(prompts[stop])
+            stop += 1
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
 class InputProcessor:
     """Wraps the model's (fast) tokenizer with the engine's length rules."""
 
