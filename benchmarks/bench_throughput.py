@@ -34,6 +34,13 @@ SHAPES = {
     "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
     "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
     "bert-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+    # ModernBERT-base (local attention every layer but each third; GLU MLP).
+    "modernbert-base": dict(architecture="modernbert", hidden_size=768, num_hidden_layers=22, num_attention_heads=12,
+                            intermediate_size=1152, local_attention=128, global_attn_every_n_layers=3),
+    # Qwen3-Embedding-0.6B's width and heads with 8 of its 28 layers, to fit a CPU run (a decoder embedder,
+    # LAST pooling, as its Sentence-Transformers files say).
+    "qwen3-0.6b-8l": dict(architecture="qwen3", hidden_size=1024, num_hidden_layers=8, num_attention_heads=16,
+                          num_key_value_heads=8, head_dim=128, intermediate_size=3072),
 }
 
 
@@ -48,24 +55,43 @@ def load_texts(n: int) -> list[str]:
 
 
 def build_random_model(shape: str, max_len: int) -> str:
-    """A randomly initialised BERT of ``shape`` with the default model's tokenizer, saved to a temp dir."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    """A randomly initialised model of ``shape`` saved to a temp dir: BERT-style encoders with the default
+    model's WordPiece tokenizer, decoders with a byte-level BPE tokenizer trained on the corpus."""
+    import transformers as tf
+
+    from poolkit.testing import add_sentence_transformers_files, build_bpe_tokenizer, build_wordpiece_tokenizer
 
     path = Path(tempfile.mkdtemp(prefix=f"poolkit-{shape}-"))
-    try:
-        from poolkit import default_model_path
+    options = dict(SHAPES[shape])
+    architecture = options.pop("architecture", "bert")
+    sample = load_texts(2000) if CORPUS.exists() else ["hello world"] * 10
+    if architecture == "qwen3":
+        tokenizer = build_bpe_tokenizer(path, texts=sample, vocab_size=8000)
+        tokenizer.padding_side = "left"
+    else:
+        try:
+            from poolkit import default_model_path
 
-        tokenizer = AutoTokenizer.from_pretrained(default_model_path())
-    except ImportError:  # e.g. on a GPU box without the model package: a locally trained tokenizer
-        from poolkit.testing import build_wordpiece_tokenizer
-
-        sample = load_texts(2000) if CORPUS.exists() else ["hello world"] * 10
-        tokenizer = build_wordpiece_tokenizer(path, texts=sample, vocab_size=8000)
+            tokenizer = tf.AutoTokenizer.from_pretrained(default_model_path())
+        except ImportError:  # e.g. on a GPU box without the model package: a locally trained tokenizer
+            tokenizer = build_wordpiece_tokenizer(path, texts=sample, vocab_size=8000)
     tokenizer.model_max_length = max(512, max_len)
     tokenizer.save_pretrained(path)
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), max_position_embeddings=max(512, max_len), **SHAPES[shape])
-    BertModel(config).save_pretrained(path)
+    common = dict(vocab_size=len(tokenizer), max_position_embeddings=max(512, max_len), **options)
+    if architecture == "qwen3":
+        ids = dict(pad_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+                   bos_token_id=tokenizer.bos_token_id)
+        tf.Qwen3Model(tf.Qwen3Config(**common, **ids)).save_pretrained(path)
+        add_sentence_transformers_files(path, pooling="lasttoken", normalize=True, max_seq_length=max(512, max_len))
+    elif architecture == "modernbert":
+        ids = dict(pad_token_id=tokenizer.pad_token_id, cls_token_id=tokenizer.cls_token_id,
+                   sep_token_id=tokenizer.sep_token_id, bos_token_id=tokenizer.cls_token_id,
+                   eos_token_id=tokenizer.sep_token_id)
+        tf.ModernBertModel(tf.ModernBertConfig(**common, **ids)).save_pretrained(path)
+        add_sentence_transformers_files(path, pooling="mean", normalize=True, max_seq_length=max(512, max_len))
+    else:
+        tf.BertModel(tf.BertConfig(**common)).save_pretrained(path)
     return str(path)
 
 
@@ -133,7 +159,10 @@ def main() -> None:
     print(f"poolkit   {len(texts) / best:9.1f} texts/s {tokens / best:10.0f} tokens/s  ({len(texts)} texts, {tokens} tokens)")
     cfg = llm.model_config.hf_config
     # Attention costs ∝ L² per sequence: the token-weighted mean length is the right average.
-    fpt = flops_per_token(cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size, (lengths**2).sum() / tokens)
+    # Approximate for other shapes: GLU MLPs (Qwen3, ModernBERT) have three projections where BERT has two;
+    # grouped-query / wider attention projections are counted as four hidden x hidden matrices.
+    intermediate = cfg.intermediate_size * {"qwen3": 1.5, "modernbert": 1.5}.get(cfg.model_type, 1.0)
+    fpt = flops_per_token(cfg.hidden_size, cfg.num_hidden_layers, int(intermediate), (lengths**2).sum() / tokens)
     achieved = fpt * tokens / best
     line = f"poolkit   model FLOP/s {achieved / 1e12:.2f} TFLOP/s ({fpt / 1e6:.1f} MFLOP/token)"
     if args.peak_tflops:

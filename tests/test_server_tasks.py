@@ -8,6 +8,8 @@ import asyncio
 import re
 import signal
 import socket
+import subprocess
+import sys
 from collections import Counter
 from unittest.mock import ANY
 
@@ -29,6 +31,7 @@ from poolkit.entrypoints.server import build_app
 from poolkit.entrypoints.server_args import ServerArgs
 from poolkit.entrypoints.testing import RemoteServer, wait_until
 from poolkit.params import matryoshka_dimension_unsupported
+from poolkit.testing import build_tiny_checkpoint
 
 QUERY = "what is the capital of france"
 # Distinct lengths: the tiny tokenizers know few words, so length is what tells texts apart.
@@ -417,3 +420,12 @@ def test_graceful_shutdown_drains_in_flight_requests(servers, enc_llm) -> None:
     assert "Application shutdown complete" in log
     with pytest.raises(httpx.ConnectError):
         httpx.post(server.url_for("/v1/embeddings"), json={"input": "late"})
+
+
+def test_server_does_not_start_with_a_refused_model(tmp_path) -> None:
+    """A model refused at load (here CLIP, which needs images) stops the server before it reports healthy."""
+    path = build_tiny_checkpoint(tmp_path, "clip")
+    result = subprocess.run([sys.executable, "-m", "poolkit.entrypoints.cli", "serve", str(path), "--port", "0"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "CLIPModel is a multimodal model" in result.stderr

@@ -51,23 +51,38 @@ def length_runs(lengths: Sequence[int]) -> list[Run]:
     return runs
 
 
-def _attend_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float, causal: bool) -> torch.Tensor:
+def blocked_positions(length: int, causal: bool, window: int | None, device: torch.device) -> torch.Tensor | None:
+    """``(L, L)`` True where a query may not see a key: later tokens (causal) and tokens ``window`` or more
+    positions away (sliding window, transformers' convention for both causal and bidirectional models)."""
+    blocked = None
+    if causal:
+        blocked = torch.ones(length, length, dtype=torch.bool, device=device).triu_(1)
+    if window is not None and length > window:
+        positions = torch.arange(length, device=device)
+        far = (positions[:, None] - positions[None, :]).abs() >= window
+        blocked = far if blocked is None else blocked | far
+    return blocked
+
+
+def _attend_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float, blocked: torch.Tensor | None
+                ) -> torch.Tensor:
     # fp32: the one copy these strided views need anyway also converts them, and fp32
     # matmuls go to BLAS — bf16 ones go to oneDNN, which keeps ~1-3 MB for every
     # distinct shape it has seen, and attention shapes vary with every batch.
     q, k, v = (torch.empty(t.shape, dtype=torch.float32, device=t.device).copy_(t) for t in (q, k, v))
     scores = torch.matmul(q.mul_(scaling), k.transpose(-1, -2))
-    if causal:
-        length = q.shape[-2]
-        scores.masked_fill_(torch.ones(length, length, dtype=torch.bool, device=q.device).triu_(1), float("-inf"))
+    if blocked is not None:
+        scores.masked_fill_(blocked, float("-inf"))
     return torch.matmul(torch.softmax(scores, dim=-1), v)
 
 
 def run_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, runs: Sequence[Run], scaling: float, causal: bool
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, runs: Sequence[Run], scaling: float, causal: bool,
+    window: int | None = None,
 ) -> torch.Tensor:
     """Attention over packed ``(H, T, d)`` tensors, one run of equal-length sequences at a time.
 
+    ``window``: a sliding window (keys fewer than ``window`` positions away), honoured per sequence.
     Returns ``(T, H, d)``, the layout transformers' attention functions return.
     """
     heads, tokens, dim = query.shape
@@ -75,6 +90,7 @@ def run_attention(
     out = query.new_empty(tokens, heads, dim)
     on_cpu = query.device.type == "cpu"
     for start, count, length in runs:
+        blocked = blocked_positions(length, causal, window, query.device)
         step = max(1, SCORES_PER_CHUNK // (heads * length * length)) if on_cpu else count
         for first in range(0, count, step):
             n = min(step, count - first)
@@ -83,9 +99,11 @@ def run_attention(
             if groups > 1:
                 k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
             if on_cpu:
-                o = _attend_cpu(q, k, v, scaling, causal)
+                o = _attend_cpu(q, k, v, scaling, blocked)
+            elif blocked is None:
+                o = F.scaled_dot_product_attention(q, k, v, scale=scaling)
             else:
-                o = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scaling)
+                o = F.scaled_dot_product_attention(q, k, v, attn_mask=~blocked, scale=scaling)
             out[span] = o.transpose(1, 2).reshape(n * length, heads, dim)
     return out
 
@@ -106,16 +124,17 @@ def use_flash_varlen(device: torch.device, dtype: torch.dtype) -> bool:
 
 def _flash_varlen(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seq_lens: torch.Tensor, max_len: int,
-    scaling: float, causal: bool,
+    scaling: float, causal: bool, window: int | None = None,
 ) -> torch.Tensor:
     from torch.nn.attention.varlen import varlen_attn
 
     # (H, T, d) → (T, H, d), the layout the kernel takes and returns.
     q, k, v = (t.transpose(0, 1) for t in (query, key, value))
     cu = cu_seq_lens.to(torch.int32)
+    reach = -1 if window is None else window - 1  # FlashAttention counts the keys beside the query
     return varlen_attn(
         q, k, v, cu, cu, max_len, max_len, scale=scaling,
-        window_size=(-1, 0) if causal else (-1, -1), enable_gqa=k.shape[1] != q.shape[1],
+        window_size=(reach, 0) if causal else (reach, reach), enable_gqa=k.shape[1] != q.shape[1],
     )
 
 
@@ -136,18 +155,23 @@ def varlen_attention_forward(
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
         )
-    for unsupported in ("sliding_window", "softcap", "position_bias"):
+    for unsupported in ("softcap", "position_bias"):
         if kwargs.get(unsupported) is not None:
             raise NotImplementedError(f"packed attention does not support {unsupported}")
     causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", False))
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+    max_len = int(kwargs["max_length_q"])
+    # transformers' window (kwargs and masks alike): keys fewer than `sliding_window` positions away.
+    # Sequences no longer than the window never reach its edge, the usual case (e5-mistral: 4096).
+    window = kwargs.get("sliding_window")
+    window = int(window) if window is not None and max_len > window else None
     q, k, v = query[0], key[0], value[0]  # transformers hands (1, H, T, d)
     if use_flash_varlen(q.device, q.dtype):
-        out = _flash_varlen(q, k, v, cu_seq_lens, int(kwargs["max_length_q"]), scaling, causal)
+        out = _flash_varlen(q, k, v, cu_seq_lens, max_len, scaling, causal, window)
     else:
         # The runner computes the runs once per batch; every layer reuses them.
         runs = kwargs.get("packed_runs") or length_runs(cu_seq_lens.diff().tolist())
-        out = run_attention(q, k, v, runs, scaling, causal)
+        out = run_attention(q, k, v, runs, scaling, causal, window)
     return out.unsqueeze(0), None
 
 

@@ -126,6 +126,14 @@ class DenseSpec:
 
 
 @dataclass
+class TokenClassifierSpec:
+    """A score head taken from the LM head's rows for ``tokens`` (vLLM's ``classifier_from_token``)."""
+
+    tokens: list[str]
+    method: str  # "from_2_way_softmax" or "no_post_processing"
+
+
+@dataclass
 class ModelConfig:
     """Everything the engine resolved about the model before loading weights."""
 
@@ -153,6 +161,8 @@ class ModelConfig:
     include_prompt: bool = True  # Sentence-Transformers Pooling: False = prompt tokens are not pooled
     is_sentence_transformer: bool = False
     trust_remote_code: bool = False
+    classifier_from_token: TokenClassifierSpec | None = None
+    score_template: str | None = None  # "...{query}...{document}...": pairs become one templated text
 
     @property
     def supported_methods(self) -> frozenset[str]:

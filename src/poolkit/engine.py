@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import ModelConfig
+from .config import ModelConfig, TokenClassifierSpec
 from .inputs import InputProcessor, Prompt, TokenizedPrompt, normalize_prompts, slices
 from .loader import CheckpointFiles, load_dense, load_hf_model, load_model_config_and_tokenizer
 from .outputs import (
@@ -100,7 +100,11 @@ def build_engine(model_config: ModelConfig, tokenizer: Any, args: EngineArgs) ->
     dtype = select_dtype(args.dtype, device, args.cpu_dtype)
     hf_model = load_hf_model(model_config, dtype)
     score_head = None
-    if model_config.head == "sequence" and isinstance(getattr(hf_model, "score", None), torch.nn.Linear):
+    if model_config.classifier_from_token is not None:
+        score_head = score_head_from_tokens(hf_model, tokenizer, model_config.classifier_from_token)
+        hf_model = getattr(hf_model, hf_model.base_model_prefix)
+        model_config.head = "decoder_score"
+    elif model_config.head == "sequence" and isinstance(getattr(hf_model, "score", None), torch.nn.Linear):
         # Decoder classifiers: run the backbone and pool ourselves (LAST by default),
         # so the pooler config applies and padding never leaks into the result.
         score_head = hf_model.score
@@ -122,6 +126,7 @@ def build_engine(model_config: ModelConfig, tokenizer: Any, args: EngineArgs) ->
         packing=args.packing,
         cpu_prepack=args.cpu_prepack,
     )
+    fit_position_offset(model_config, runner.position_offset, explicit=args.max_model_len is not None)
     budget = args.max_num_batched_tokens
     if budget is None:
         budget = max(DEFAULT_BATCHED_TOKENS, model_config.max_model_len)
@@ -130,7 +135,54 @@ def build_engine(model_config: ModelConfig, tokenizer: Any, args: EngineArgs) ->
             f"max_num_batched_tokens={budget} is smaller than max_model_len={model_config.max_model_len}: "
             "the longest input would not fit in a batch. Raise max_num_batched_tokens or lower max_model_len."
         )
-    return PoolingEngine(model_config, runner, pooler, SchedulerConfig(budget, args.max_num_seqs))
+    engine = PoolingEngine(model_config, runner, pooler, SchedulerConfig(budget, args.max_num_seqs))
+    check_runs_on_text(engine, tokenizer)
+    return engine
+
+
+def fit_position_offset(model_config: ModelConfig, offset: int, explicit: bool) -> None:
+    """RoBERTa-style position ids start at ``offset``: the last ``offset`` positions are unusable. The loader
+    knows the usual model types; this catches the rest (remote-code XLM-R variants) from the loaded model."""
+    positions = getattr(model_config.hf_config, "max_position_embeddings", None)
+    if not positions or not offset or model_config.max_model_len <= positions - offset:
+        return
+    if explicit:
+        raise ValueError(f"max_model_len={model_config.max_model_len} exceeds the model's {positions - offset} usable "
+                         f"positions ({positions} position embeddings, counted from {offset})")
+    logger.info("max_model_len lowered to %d: position ids start at %d", positions - offset, offset)
+    model_config.max_model_len = positions - offset
+
+
+def score_head_from_tokens(causal_lm: torch.nn.Module, tokenizer: Any, spec: TokenClassifierSpec) -> torch.nn.Linear:
+    """A bias-free ``Linear`` from the LM head's rows for ``spec.tokens`` (vLLM's ``classifier_from_token``)."""
+    ids = []
+    for token in spec.tokens:
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if token_id is None or (token_id == tokenizer.unk_token_id and token != tokenizer.unk_token):
+            raise ValueError(f"classifier_from_token: {token!r} is not a token of this model's vocabulary")
+        ids.append(token_id)
+    rows = causal_lm.get_output_embeddings().weight.detach().float()[ids]
+    weight = rows[1:2] - rows[0:1] if spec.method == "from_2_way_softmax" else rows
+    head = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    with torch.no_grad():
+        head.weight.copy_(weight)
+    return head.eval()
+
+
+def check_runs_on_text(engine: PoolingEngine, tokenizer: Any) -> None:
+    """One short forward pass at load, so a model that loads but cannot run on text alone (an encoder-decoder
+    without its encoder class, a vision-language model) fails here rather than on every request."""
+    text_ids = tokenizer("poolkit load check", add_special_tokens=True)["input_ids"]
+    try:
+        engine.execute([TokenizedPrompt(list(text_ids))], [HeadOptions(normalize=False, activation=False, dimensions=None)])
+    except Exception as exc:
+        mc = engine.model_config
+        raise ValueError(
+            f"{mc.architecture} loaded but a forward pass on text failed ({type(exc).__name__}: {exc}); poolkit "
+            f"serves text models through transformers' {type(engine.runner.model).__name__}, and this checkpoint "
+            "does not run that way (it may need images, a decoder input, or an architecture poolkit does not "
+            "support yet)"
+        ) from exc
 
 
 class LLM:
@@ -177,10 +229,14 @@ class LLM:
     def __repr__(self) -> str:
         mc = self.model_config
         runner = self.engine.runner
+        padded = f" ({runner.padded_reason})" if not runner.packing and runner.padded_reason else ""
+        head = ""
+        if mc.classifier_from_token is not None:
+            head = f"classifier_from_token={mc.classifier_from_token.tokens} ({mc.classifier_from_token.method}), "
         return (
             f"LLM(model={mc.served_model_name!r}, task={mc.task!r}, architecture={mc.architecture}, "
-            f"pooler={mc.pooler_config!r}, max_model_len={mc.max_model_len}, device={runner.device}, "
-            f"dtype={runner.dtype}, packing={runner.packing}, compiled={runner.compiled}, "
+            f"{head}pooler={mc.pooler_config!r}, max_model_len={mc.max_model_len}, device={runner.device}, "
+            f"dtype={runner.dtype}, packing={runner.packing}{padded}, compiled={runner.compiled}, "
             f"max_num_batched_tokens={self.engine.scheduler_config.max_num_batched_tokens}, "
             f"settings=EngineArgs({describe(self.args, only_changed=True)}))"
         )

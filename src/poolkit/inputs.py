@@ -204,6 +204,48 @@ class InputProcessor:
         self.check(result)
         return result
 
+    def encode_templated_pairs(
+        self, lefts: Sequence[str], rights: Sequence[str], template: str, truncate_prompt_tokens: int | None = None
+    ) -> list[TokenizedPrompt]:
+        """Pairs as one text each, ``template.format(query=..., document=...)`` (an LLM reranker's prompt).
+
+        Truncation shortens the document, never the template around it: such models answer at the
+        template's last token.
+        """
+        limit = self.resolve_truncation(truncate_prompt_tokens)
+        if not all(isinstance(t, str) for t in (*lefts, *rights)):
+            raise TypeError("Cross-encoder scoring takes text prompts, not token ids")
+        pairs = [(self.prepare_text(q), self.prepare_text(d)) for q, d in zip(lefts, rights)]
+        texts = [template.format(query=q, document=d) for q, d in pairs]
+        enc = self.tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)
+        result = []
+        for index, ((query, document), ids) in enumerate(zip(pairs, enc["input_ids"])):
+            fitted = list(ids)
+            if limit is not None and len(fitted) > limit:
+                fitted = self._fit_document(template, query, document, limit, index)
+            result.append(TokenizedPrompt(fitted, num_input_tokens=len(ids)))
+        self.check(result)
+        return result
+
+    def _fit_document(self, template: str, query: str, document: str, limit: int, index: int) -> list[int]:
+        """The templated pair's ids with the document cut at a token boundary so the whole fits ``limit``."""
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise ValueError("Truncating a templated pair needs a fast (Rust) tokenizer")
+        offsets = self.tokenizer(document, add_special_tokens=False, return_offsets_mapping=True,
+                                 verbose=False)["offset_mapping"]
+        keep = len(offsets)
+        ids = self.tokenizer(template.format(query=query, document=document), verbose=False)["input_ids"]
+        while keep > 0:
+            keep = max(0, keep - max(len(ids) - limit, 1))
+            cut = document[: offsets[keep - 1][1]] if keep else ""
+            ids = self.tokenizer(template.format(query=query, document=cut), verbose=False)["input_ids"]
+            if len(ids) <= limit:
+                return list(ids)
+        raise ValueError(
+            f"Prompt {index}: the score template and the query alone have {len(ids)} tokens, more than the "
+            f"{limit} allowed; shorten the query"
+        )
+
     def check(self, prompts: Sequence[TokenizedPrompt], first_index: int = 0, max_len: int | None = None) -> None:
         for index, prompt in enumerate(prompts, start=first_index):
             if len(prompt) == 0:

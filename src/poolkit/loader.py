@@ -21,6 +21,7 @@ from .config import (
     DenseSpec,
     ModelConfig,
     PoolerConfig,
+    TokenClassifierSpec,
     architecture_kind,
     is_encoder_only,
     resolve_task,
@@ -92,11 +93,40 @@ _ST_POOLING_MODES = {
 _ST_UNSUPPORTED_MODES = ("pooling_mode_max_tokens", "pooling_mode_mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens")
 
 
+# Sentence-Transformers modules this engine reproduces (Dropout is the identity at inference).
+SUPPORTED_ST_MODULES = ("Transformer", "Pooling", "Dense", "Normalize", "Dropout")
+# Modules we recognise but cannot serve as a dense embedder: say what they are instead of dropping them.
+_ST_MODULE_HINTS = {
+    "MLMTransformer": "a sparse (SPLADE) encoder: its MLM head yields vocabulary-size sparse vectors",
+    "SpladePooling": "a sparse (SPLADE) encoder: its MLM head yields vocabulary-size sparse vectors",
+    "SparseStaticEmbedding": "an inference-free sparse document encoder",
+    "CLIPModel": "an image and text (CLIP) model",
+    "StaticEmbedding": "a static (Model2Vec-style) embedding table, not a transformer",
+    "Router": "an asymmetric model that routes queries and documents through different modules",
+}
+
+
+def check_sentence_transformers_modules(modules: list[dict[str, Any]]) -> None:
+    """Refuse a Sentence-Transformers pipeline with a module we would otherwise silently skip."""
+    for module in modules:
+        qualified = str(module.get("type", ""))
+        kind = qualified.rsplit(".", 1)[-1]
+        if kind in SUPPORTED_ST_MODULES:
+            continue
+        what = _ST_MODULE_HINTS.get(kind, "a module this engine does not implement")
+        raise ValueError(
+            f"Unsupported Sentence-Transformers module {qualified!r} (modules.json, path "
+            f"{module.get('path', '')!r}): {what}. Serving the checkpoint without it would give a different model. "
+            f"Supported modules: {', '.join(SUPPORTED_ST_MODULES)}."
+        )
+
+
 def read_sentence_transformers(files: CheckpointFiles) -> dict[str, Any]:
     """Pooling / Normalize / Dense modules, max_seq_length, do_lower_case and prompts."""
     modules = files.json("modules.json")
     if not modules:
         return {}
+    check_sentence_transformers_modules(modules)
     found: dict[str, Any] = {"pooler": PoolerConfig(normalize=False), "dense": []}
     for module in modules:
         kind = module.get("type", "").rsplit(".", 1)[-1]
@@ -137,6 +167,10 @@ def read_sentence_transformers(files: CheckpointFiles) -> dict[str, Any]:
     return found
 
 
+# Encoder-decoder families whose embedders run the encoder alone (as Sentence-Transformers does).
+ENCODER_ONLY_CLASSES = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}
+
+
 def load_hf_config(model_path: str, hf_overrides: dict[str, Any] | None, trust_remote_code: bool) -> Any:
     from transformers import AutoConfig
 
@@ -166,6 +200,7 @@ def build_model_config(
     max_model_len: int | None = None,
     served_model_name: str | None = None,
     tokenizer_max_length: int | None = None,
+    score_template: str | None = None,
 ) -> ModelConfig:
     """Resolve the task, the layered pooler and the length limit for ``model``."""
     model_path = resolve_model_path(model)
@@ -173,6 +208,8 @@ def build_model_config(
     files = CheckpointFiles(model_path)
     hf_config = load_hf_config(model_path, hf_overrides, trust_remote_code)
     architecture = (getattr(hf_config, "architectures", None) or [type(hf_config).__name__])[0]
+    check_text_only(hf_config, architecture)
+    token_classifier = resolve_token_classifier(hf_config, architecture)
     num_labels = int(getattr(hf_config, "num_labels", 0) or 0)
     problem_type = getattr(hf_config, "problem_type", None)
     resolved_task = resolve_task(task, architecture, num_labels, problem_type)
@@ -186,6 +223,8 @@ def build_model_config(
         head = "token"
     if resolved_task in ("embed", "classify", "score") and is_encoder_only(hf_config):
         layers["architecture"] = PoolerConfig(pooling_type="CLS")
+    if resolved_task == "embed" and hf_config.model_type in ENCODER_ONLY_CLASSES:
+        layers["architecture"] = PoolerConfig(pooling_type="MEAN")  # sentence-t5 and gtr-t5 pool by mean
     if resolved_task == "reward" and architecture.endswith("ForProcessRewardModel"):
         layers["architecture"] = PoolerConfig(pooling_type="STEP", activation=True)
     if st:
@@ -199,6 +238,11 @@ def build_model_config(
         logger.info("STEP pooling without step_tag_id keeps every token")
     if pooler.enable_chunked_processing:
         check_chunked_processing(pooler, resolved_task)
+
+    if score_template is None and getattr(hf_config, "is_original_qwen3_reranker", False):
+        score_template = QWEN3_RERANKER_TEMPLATE
+    if score_template is not None:
+        check_score_template(score_template, resolved_task)
 
     limits = [v for v in (_max_positions(hf_config), st.get("max_seq_length"), tokenizer_max_length) if v]
     natural_limit = min(limits) if limits else 512
@@ -230,7 +274,9 @@ def build_model_config(
         max_model_len=int(natural_limit),
         hidden_size=hidden_size,
         embedding_dim=dense[-1].out_features if dense else hidden_size,
-        num_labels=num_labels if head != "none" else 0,
+        # Reward models with their own head (e.g. remote-code process reward models) load head-less here,
+        # yet their labels decide the activation.
+        num_labels=num_labels if head != "none" or resolved_task == "reward" else 0,
         id2label=id2label if head != "none" else {},
         problem_type=problem_type,
         is_matryoshka=is_matryoshka,
@@ -242,7 +288,71 @@ def build_model_config(
         include_prompt=st.get("include_prompt", True),
         is_sentence_transformer=bool(st),
         trust_remote_code=trust_remote_code,
+        classifier_from_token=token_classifier,
+        score_template=score_template,
     )
+
+
+# The prompt Qwen3-Reranker was trained with (its model card; vLLM's example): the model answers "yes" or "no".
+QWEN3_RERANKER_TEMPLATE = (
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query and the Instruct "
+    'provided. Note that the answer can only be "yes" or "no".<|im_end|>\n<|im_start|>user\n'
+    "<Instruct>: Given a web search query, retrieve relevant passages that answer the query\n"
+    "<Query>: {query}\n<Document>: {document}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+)
+CLASSIFIER_METHODS = ("from_2_way_softmax", "no_post_processing")
+
+
+def resolve_token_classifier(hf_config: Any, architecture: str) -> TokenClassifierSpec | None:
+    """vLLM's ``classifier_from_token`` overrides: a score head built from the LM head's rows for some tokens.
+
+    ``from_2_way_softmax`` (two tokens, "false" then "true"): one logit, row(true) - row(false), whose sigmoid
+    is the softmax probability of the true token over the two. ``no_post_processing``: one logit per token.
+    ``is_original_qwen3_reranker`` implies ``["no", "yes"]`` with ``from_2_way_softmax``.
+    """
+    tokens = getattr(hf_config, "classifier_from_token", None)
+    method = getattr(hf_config, "method", None)
+    if getattr(hf_config, "is_original_qwen3_reranker", False):
+        tokens, method = tokens or ["no", "yes"], method or "from_2_way_softmax"
+    if tokens is None:
+        return None
+    if architecture_kind(architecture) != "sequence":
+        raise ValueError(
+            f"classifier_from_token builds a sequence-classification head; route the checkpoint to one with "
+            f'hf_overrides={{"architectures": ["...ForSequenceClassification"], ...}} (architecture is {architecture})'
+        )
+    if method is None:
+        method = "from_2_way_softmax" if len(tokens) == 2 else "no_post_processing"
+    if method not in CLASSIFIER_METHODS:
+        raise ValueError(f"Unknown classifier_from_token method {method!r}; expected one of {', '.join(CLASSIFIER_METHODS)}")
+    if not tokens or not all(isinstance(t, str) for t in tokens):
+        raise ValueError(f"classifier_from_token must be a list of tokens, got {tokens!r}")
+    if method == "from_2_way_softmax" and len(tokens) != 2:
+        raise ValueError(f"method from_2_way_softmax takes two tokens (false, true), got {tokens!r}")
+    hf_config.num_labels = 1 if method == "from_2_way_softmax" else len(tokens)
+    return TokenClassifierSpec(tokens=list(tokens), method=method)
+
+
+def check_score_template(template: str, task: str) -> None:
+    if task != "score":
+        raise ValueError(f"score_template applies to cross-encoder / reranker models (task 'score'); this model's "
+                         f"task is {task!r}")
+    try:
+        formatted = template.format(query="\x00q", document="\x00d")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"score_template must be a format string with {{query}} and {{document}} only: {exc!r}") from None
+    if formatted.count("\x00q") != 1 or formatted.count("\x00d") != 1:
+        raise ValueError("score_template must contain {query} and {document} once each")
+
+
+def check_text_only(hf_config: Any, architecture: str) -> None:
+    """Models with an image or audio tower take more than text: refuse them rather than run half a model."""
+    towers = [name for name in ("vision_config", "audio_config") if getattr(hf_config, name, None) is not None]
+    if towers:
+        raise ValueError(
+            f"{architecture} is a multimodal model ({', '.join(towers)} in its config); poolkit serves text-only "
+            "pooling models so far, and its text tower alone would not be the model you asked for"
+        )
 
 
 def check_chunked_processing(pooler: PoolerConfig, task: str) -> None:
@@ -261,19 +371,56 @@ def load_tokenizer(model_path: str, trust_remote_code: bool) -> Any:
     return AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
 
 
-def load_hf_model(model_config: ModelConfig, torch_dtype: torch.dtype) -> nn.Module:
-    """Load the transformers module the task needs (base model or model with head)."""
-    from transformers import AutoModel, AutoModelForSequenceClassification, AutoModelForTokenClassification
+def auto_model_class(model_config: ModelConfig) -> Any:
+    """The transformers class to load: the backbone, the model with its head, or the causal LM whose
+    LM head rows become the score head (``classifier_from_token``)."""
+    import transformers
+    from transformers import (
+        AutoModel,
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+    )
 
-    loaders = {"none": AutoModel, "sequence": AutoModelForSequenceClassification, "token": AutoModelForTokenClassification}
-    auto_cls = loaders["none" if model_config.head == "decoder_score" else model_config.head]
-    kwargs: dict[str, Any] = {"config": model_config.hf_config, "trust_remote_code": model_config.trust_remote_code, "dtype": torch_dtype}
+    if model_config.classifier_from_token is not None:
+        return AutoModelForCausalLM
+    if model_config.head == "sequence":
+        return AutoModelForSequenceClassification
+    if model_config.head == "token":
+        return AutoModelForTokenClassification
+    encoder_class = ENCODER_ONLY_CLASSES.get(model_config.hf_config.model_type)
+    if encoder_class is not None:
+        return getattr(transformers, encoder_class)
+    return AutoModel
+
+
+def load_hf_model(model_config: ModelConfig, torch_dtype: torch.dtype) -> nn.Module:
+    """Load the transformers module the task needs; refuse weights that transformers would initialise randomly."""
+    auto_cls = auto_model_class(model_config)
+    kwargs: dict[str, Any] = {"config": model_config.hf_config, "trust_remote_code": model_config.trust_remote_code,
+                              "dtype": torch_dtype, "output_loading_info": True}
     try:
-        model = auto_cls.from_pretrained(model_config.model_path, attn_implementation="sdpa", **kwargs)
+        model, info = auto_cls.from_pretrained(model_config.model_path, attn_implementation="sdpa", **kwargs)
     except (ValueError, ImportError) as exc:
         logger.info("SDPA attention unavailable for %s (%s); using the default", model_config.architecture, exc)
-        model = auto_cls.from_pretrained(model_config.model_path, **kwargs)
+        model, info = auto_cls.from_pretrained(model_config.model_path, **kwargs)
+    check_missing_weights(model_config, type(model).__name__, info.get("missing_keys", ()))
     return model.eval()
+
+
+def check_missing_weights(model_config: ModelConfig, class_name: str, missing_keys: Any) -> None:
+    """Weights the checkpoint lacks would be random: an error, except a backbone's unused BERT-style pooler."""
+    missing = sorted(missing_keys)
+    if model_config.head == "none":  # only hidden states are read; a pooler's output never is
+        missing = [k for k in missing if not k.startswith("pooler.") and ".pooler." not in k]
+    if missing:
+        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        raise ValueError(
+            f"{model_config.model_path} has no weights for {shown}: transformers would initialise them randomly "
+            f"when loading {class_name} (architecture {model_config.architecture}, task {model_config.task!r}), "
+            "and every result would be noise. Load it with the task/architecture it was trained for, or, for an "
+            'LLM used as a reranker, pass hf_overrides with "classifier_from_token" (see the README).'
+        )
 
 
 def load_dense(files: CheckpointFiles, spec: DenseSpec) -> nn.Module:
@@ -315,5 +462,6 @@ def load_model_config_and_tokenizer(args: EngineArgs) -> tuple[ModelConfig, Any]
         max_model_len=args.max_model_len,
         served_model_name=args.served_name,
         tokenizer_max_length=tokenizer_limit,
+        score_template=args.score_template,
     )
     return model_config, tokenizer

@@ -15,6 +15,7 @@ import inspect
 import itertools
 import logging
 import platform
+import re
 from collections.abc import Callable, Sequence
 
 import torch
@@ -129,23 +130,39 @@ class PrepackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, fused={self.attr}"
 
 
+@functools.cache
+def _attributes_read(module_type: type[nn.Module]) -> frozenset[str]:
+    """Children whose attributes a module's ``forward`` reads (``self.wo.weight.dtype`` in T5): those must stay
+    ``nn.Linear``. Where the source cannot be read, every child counts as read."""
+    try:
+        source = inspect.getsource(module_type.forward)
+    except (OSError, TypeError):
+        return frozenset({"*"})
+    return frozenset(re.findall(r"self\.(\w+)\.\w+", source))
+
+
 def prepack_cpu_linears(model: nn.Module) -> int:
     """Swap every ``nn.Linear`` for a :class:`PrepackedLinear`, fusing BERT-style ``dense`` + GELU.
 
-    Returns the number of layers packed (0 where oneDNN is unavailable).
+    A linear whose parent's code reads its attributes (not just calls it) keeps its type, so the
+    model's code runs unchanged. Returns the number of layers packed (0 where oneDNN is unavailable).
     """
     if not torch.backends.mkldnn.is_available():
         return 0
     count = 0
     for module in list(model.modules()):
+        read = _attributes_read(type(module))  # type: ignore[arg-type]
+        if "*" in read:
+            continue
         act = getattr(module, "intermediate_act_fn", None)
         dense = getattr(module, "dense", None)
-        if type(dense) is nn.Linear and act is not None and type(act).__name__ in _FUSABLE_GELU:
+        if type(dense) is nn.Linear and "dense" not in read and act is not None and type(act).__name__ in _FUSABLE_GELU:
             module.dense = PrepackedLinear(dense, gelu=_FUSABLE_GELU[type(act).__name__])
             module.intermediate_act_fn = nn.Identity()
             count += 1
         for name, child in list(module.named_children()):
-            if type(child) is nn.Linear:  # exact type: subclasses (LoRA, quantized) keep their forward
+            # Exact type: subclasses (LoRA, quantized) keep their forward.
+            if type(child) is nn.Linear and name not in read:
                 setattr(module, name, PrepackedLinear(child))
                 count += 1
     return count
@@ -216,11 +233,13 @@ class ModelRunner:
         self._pin = device.type == "cuda"
         self._forward = self.model
         self.packing = False
+        self.padded_reason: str | None = "packing is off" if packing == "off" else None
         self._packed_model: nn.Module = self.model
         self._packed_head: Callable[[torch.Tensor], torch.Tensor] | None = None
         if packing != "off" and not compile_model:
             self.packing = self._enable_packing(required=packing == "on")
         if compile_model:
+            self.padded_reason = self.padded_reason or "compiled models run padded length buckets"
             # Static sequence length per bucket keeps attention kernels specialised;
             # the batch dimension is marked dynamic so row counts don't recompile.
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 4 * len(self.buckets))
@@ -229,7 +248,7 @@ class ModelRunner:
     def __repr__(self) -> str:
         return (
             f"ModelRunner(model={type(self.model).__name__}, device={self.device}, dtype={self.dtype}, "
-            f"packing={self.packing}, compiled={self.compiled}, prepacked_linears={self.prepacked_linears})"
+            f"packing={self.packing}{'' if self.packing else f' ({self.padded_reason})'}, compiled={self.compiled}, prepacked_linears={self.prepacked_linears})"
         )
 
     def _enable_packing(self, required: bool) -> bool:
@@ -264,6 +283,7 @@ class ModelRunner:
                 self._packed_model, self._packed_head = model, None
         if reason is None:
             return True
+        self.padded_reason = reason
         if required:
             raise ValueError(f"packing=on is not possible for {type(model).__name__}: {reason}")
         logger.info("Padded batches for %s: %s", type(model).__name__, reason)

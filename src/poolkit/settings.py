@@ -322,6 +322,10 @@ class EngineArgs:
         None, help='merged into config.json, e.g. {"matryoshka_dimensions": [128, 256]}', parse=parse_json_object,
         metavar="JSON")
     trust_remote_code: bool = setting(False, help="run the checkpoint's own modelling code (transformers)")
+    score_template: str | None = setting(
+        None, help="rerankers: score each pair as this one text, a format string with {query} and {document} "
+                   "(LLM rerankers need their prompt; Qwen3-Reranker's is the default with "
+                   "is_original_qwen3_reranker)", metavar="TEMPLATE")
     dtype: str = setting("auto", help="auto, float32, bfloat16 or float16; auto: bf16 on GPUs and on CPUs "
                                       "with native bf16, else float32")
     cpu_dtype: str = setting("auto", help="what dtype=auto means on a CPU: auto (bf16 where the CPU has "

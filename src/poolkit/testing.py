@@ -24,6 +24,9 @@ Kind = Literal[
     "roberta-cross-encoder",  # XLMRobertaForSequenceClassification, 1 label (head reads the first row)
     "decoder-classifier",  # LlamaForSequenceClassification, 3 labels
     "reward",            # LlamaForTokenClassification, 2 labels (per-token rewards)
+    "t5-encoder",        # T5EncoderModel (sentence-t5 / gtr-t5 style; add ST files for mean + Dense)
+    "llm-reranker",      # Qwen3ForCausalLM whose LM head answers "yes"/"no" (Qwen3-Reranker style)
+    "clip",              # CLIPModel (text and image towers): not servable as a text model
 ]
 
 SAMPLE_TEXTS = [
@@ -105,7 +108,18 @@ def build_tiny_checkpoint(path: str | Path, kind: Kind, *, seed: int = 0, paddin
 
     path = Path(path)
     torch.manual_seed(seed)
-    if kind in ("decoder", "decoder-classifier", "reward"):
+    if kind == "llm-reranker":
+        tokenizer = build_bpe_tokenizer(path, texts=["yes no"])
+        # Qwen3-Reranker's answer words are ordinary tokens; its chat markers are special tokens.
+        tokenizer.add_tokens(["yes", "no"])
+        tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<think>", "</think>"]})
+        tokenizer.model_max_length = 512  # room for the reranker's prompt template
+        model = tf.Qwen3ForCausalLM(tf.Qwen3Config(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=8, max_position_embeddings=512, tie_word_embeddings=False,
+            pad_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+        ))
+    elif kind in ("decoder", "decoder-classifier", "reward"):
         tokenizer = build_bpe_tokenizer(path, step_tag="<step>" if kind == "reward" else None)
         ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
                "pad_token_id": tokenizer.eos_token_id}
@@ -137,12 +151,25 @@ def build_tiny_checkpoint(path: str | Path, kind: Kind, *, seed: int = 0, paddin
         elif kind == "roberta-cross-encoder":
             config = _bert_config(vocab, pad_token_id=tokenizer.pad_token_id, num_labels=1)
             model = tf.XLMRobertaForSequenceClassification(tf.XLMRobertaConfig(**config.to_dict()))
+        elif kind == "t5-encoder":
+            model = tf.T5EncoderModel(tf.T5Config(
+                vocab_size=vocab, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.sep_token_id, decoder_start_token_id=tokenizer.pad_token_id,
+                architectures=["T5EncoderModel"]))
+        elif kind == "clip":
+            model = tf.CLIPModel(tf.CLIPConfig(
+                text_config={"vocab_size": vocab, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                             "num_attention_heads": 4, "max_position_embeddings": 128,
+                             "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.sep_token_id},
+                vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                               "num_attention_heads": 4, "image_size": 32, "patch_size": 8},
+                projection_dim=16))
         else:
             raise ValueError(f"Unknown checkpoint kind {kind!r}")
     # Random init leaves tiny weights; scale the head up so activations are not all ~0.5.
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if name.startswith(("classifier", "score")):
+            if name.startswith(("classifier", "score", "lm_head")):
                 param.mul_(20.0)
     model.save_pretrained(str(path))
     tokenizer.padding_side = padding_side

@@ -2,8 +2,8 @@
 
 The one scoring implementation behind ``LLM.score``, ``/score``, ``/rerank``
 and the LangChain reranker: a cross-encoder scores each pair in one forward
-pass (token types as the model expects); an embedding model embeds every
-distinct text once (with the request's ``PoolingParams``, e.g. Matryoshka
+pass (token types as the model expects; an LLM reranker's pair as one text in
+its ``score_template``); an embedding model embeds every distinct text once (with the request's ``PoolingParams``, e.g. Matryoshka
 ``dimensions``, and the model's default prompt) and scores by cosine.
 """
 
@@ -82,7 +82,11 @@ class ScoreTask(Task):
             options = self.options(params, len(unique), method="embed")
             pairs = CosinePairs([position[prompt_key(p)] for p in left], [position[prompt_key(p)] for p in right])
             return PreparedRequest(self.name, tokens, options, state=pairs, num_inputs=len(left))
-        tokens = self.processor.encode_pairs(left, right, truncate_prompt_tokens)  # type: ignore[arg-type]
+        template = self.model_config.score_template
+        if template is not None:
+            tokens = self.processor.encode_templated_pairs(left, right, template, truncate_prompt_tokens)  # type: ignore[arg-type]
+        else:
+            tokens = self.processor.encode_pairs(left, right, truncate_prompt_tokens)  # type: ignore[arg-type]
         return PreparedRequest(self.name, tokens, self.options(params, len(tokens)))
 
     def finish(self, request: PreparedRequest, pooled: Sequence[np.ndarray], request_ids: RequestIds,
