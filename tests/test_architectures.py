@@ -150,6 +150,20 @@ def test_batched_equals_single_with_mixed_lengths(case: Case) -> None:
         assert figure <= 1e-5, f"{case.row.id}: batched vs single max abs diff {figure:.2e}"
 
 
+def test_truncation_to_the_model_limit(case: Case) -> None:
+    """``truncate_prompt_tokens=-1`` cuts to exactly ``max_model_len`` and runs: the limit accounts for every
+    position the model can take (RoBERTa-style offsets, remote code included)."""
+    llm = case.llm()
+    long_text = " ".join([matrix.LONG_TEXT] * 40)
+    limit = llm.model_config.max_model_len
+    if case.row.task == "score":
+        out = llm.score(TEXTS[0], long_text, truncate_prompt_tokens=-1, use_tqdm=False)[0]
+    else:
+        method = {"embed": llm.embed, "classify": llm.classify, "reward": llm.reward}[case.row.task]
+        out = method(long_text, truncate_prompt_tokens=-1, use_tqdm=False)[0]
+    assert len(out.prompt_token_ids) == limit < out.num_input_tokens
+
+
 def test_readme_table_is_current() -> None:
     section = matrix.readme_section(matrix.README.read_text(encoding="utf-8"))
     assert section == matrix.render_table(ROWS), "run: python tests/architecture_matrix.py --write-readme"

@@ -173,6 +173,10 @@ def position_offset(model: nn.Module) -> int:
     embeddings = getattr(getattr(model, "base_model", model), "embeddings", None)
     if embeddings is not None and hasattr(type(embeddings), "create_position_ids_from_input_ids"):
         return int(embeddings.padding_idx) + 1
+    # MPNet-style: the same convention through a module-level helper; the position table's padding row shows it.
+    positions = getattr(embeddings, "position_embeddings", None)
+    if isinstance(positions, nn.Embedding) and positions.padding_idx is not None:
+        return int(positions.padding_idx) + 1
     return 0
 
 
@@ -230,6 +234,10 @@ class ModelRunner:
         if device.type == "cpu" and not compile_model and cpu_prepack:
             self.prepacked_linears = prepack_cpu_linears(self.model)
         self.position_offset = position_offset(self.model)
+        if self.position_offset:
+            # These models number positions by counting non-padding ids: pad with the id they skip, or padded
+            # rows would count past the position table (MPNet's is fixed at 1 whatever the tokenizer says).
+            self.pad_token_id = self.position_offset - 1
         self._pin = device.type == "cuda"
         self._forward = self.model
         self.packing = False
