@@ -353,7 +353,17 @@ def test_openapi_declares_response_schemas(ce, enc) -> None:
     # model options: a cross-encoder takes no Matryoshka size; the embedder lists its sizes
     assert schemas["ScoreRequest"]["properties"]["dimensions"]["type"] == "null"
     assert schemas["ScoreRequest"]["properties"]["model"]["anyOf"][0]["enum"] == ["tiny-ce", ""]
-    enc_schemas = enc.get("/openapi.json").json()["components"]["schemas"]
+    enc_spec = enc.get("/openapi.json").json()
+    enc_schemas = enc_spec["components"]["schemas"]
+    # Cohere's /v2/embed: on embedding models only, documented like the others, with the model's Matryoshka sizes
+    assert "/v2/embed" not in paths
+    embed = enc_spec["paths"]["/v2/embed"]["post"]["responses"]
+    assert embed["200"]["content"] == {"application/json": {"schema": {"$ref": "#/components/schemas/CohereEmbedResponse"}}}
+    assert "422" not in embed and embed["400"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorResponse"}
+    assert enc_schemas["CohereEmbedRequest"]["properties"]["output_dimension"]["anyOf"][0] == {"type": "integer",
+                                                                                             "enum": [8, 16]}
+    assert not set(enc_schemas["CohereEmbeddingsByType"].get("required", []))  # only the requested types are sent
     assert enc_schemas["EmbeddingRequest"]["properties"]["dimensions"]["anyOf"][0] == {"type": "integer",
                                                                                      "enum": [8, 16]}
     assert enc_schemas["ScoreRequest"]["properties"]["activation"]["type"] == "null"  # scored by cosine

@@ -3,7 +3,10 @@
 Nothing is cut silently: a prompt longer than the model's limit is an error
 unless the caller asked for ``truncate_prompt_tokens``. Truncation keeps the
 model's special tokens, for token-id prompts as for text (the tokenizer's own
-rule), and every sequence remembers how long it was before it was cut.
+rule), and every sequence remembers how long it was before it was cut. It cuts
+the end of a prompt, or its start where the tokenizer's ``truncation_side`` is
+``"left"``; a request may choose the side itself (``truncation_side``), which
+never reconfigures the tokenizer (it is shared by concurrent requests).
 """
 
 from __future__ import annotations
@@ -11,12 +14,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 from .config import ModelConfig
 from .params import check_truncate_prompt_tokens
 
 Prompt = Union[str, Sequence[int]]
+TruncationSide = Literal["left", "right"]
+TRUNCATION_SIDES = ("left", "right")
 
 
 @dataclass
@@ -133,29 +138,56 @@ class InputProcessor:
                 return with_special[:start], with_special[start + len(plain):]
         return [], []
 
-    def truncate_ids(self, ids: list[int], limit: int) -> list[int]:
-        """Cut token ids to ``limit`` as the tokenizer cuts text: its special tokens stay at both ends."""
+    def truncation_side(self, side: TruncationSide | None = None) -> TruncationSide:
+        """The side prompts are cut on: ``side`` if given (``ValueError`` if not ``"left"``/``"right"``),
+        else the tokenizer's ``truncation_side``."""
+        if side is None:
+            return "left" if self.tokenizer.truncation_side == "left" else "right"
+        if side not in TRUNCATION_SIDES:
+            raise ValueError(f"truncation_side must be 'left' (keep the end) or 'right' (keep the start), got {side!r}")
+        return side
+
+    def truncate_ids(self, ids: list[int], limit: int, side: TruncationSide | None = None,
+                     keep_start: int = 0) -> list[int]:
+        """Cut token ids to ``limit`` as the tokenizer cuts text: its special tokens stay at both ends.
+
+        ``side``: ``"right"`` drops the end, ``"left"`` the start (default: the tokenizer's ``truncation_side``).
+        ``keep_start``: the first tokens (special ones included) that a ``"left"`` cut keeps too, e.g. a
+        prompt put before the text; ignored where they leave no room for the rest.
+        """
         prefix, suffix = self.special_template
-        left = self.tokenizer.truncation_side == "left"
+        left = self.truncation_side(side) == "left"
         framed = (len(prefix) + len(suffix) < limit and ids[:len(prefix)] == prefix
                   and (not suffix or ids[len(ids) - len(suffix):] == suffix))
         if not framed:
             return ids[-limit:] if left else ids[:limit]
         body = ids[len(prefix):len(ids) - len(suffix)]
         keep = limit - len(prefix) - len(suffix)
-        return prefix + (body[len(body) - keep:] if left else body[:keep]) + suffix
+        if not left:
+            return prefix + body[:keep] + suffix
+        protected = max(0, keep_start - len(prefix))
+        if protected >= keep:
+            protected = 0
+        return prefix + body[:protected] + body[len(body) - (keep - protected):] + suffix
 
     def encode(
         self, prompts: Sequence[Prompt], truncate_prompt_tokens: int | None = None, first_index: int = 0,
-        max_len: int | None = None,
+        max_len: int | None = None, truncation_side: TruncationSide | None = None, keep_text_start: int = 0,
     ) -> list[TokenizedPrompt]:
         """Tokenize texts in one batched call; token-id prompts pass through checked.
 
         ``first_index`` is the position of ``prompts[0]`` in the caller's input, for error messages.
         ``max_len``: the longest prompt accepted (default: the model's limit; chunked processing takes
-        longer ones and splits them).
+        longer ones and splits them). ``truncation_side``: which end ``truncate_prompt_tokens`` cuts
+        (default: the tokenizer's ``truncation_side``); a side other than the tokenizer's cuts the
+        tokenized text with :meth:`truncate_ids` (the same tokens the tokenizer would keep), never by
+        reconfiguring the tokenizer. ``keep_text_start``: with ``truncation_side="left"``, the first tokens
+        of every text that the cut keeps (a prompt put before it; see :meth:`truncate_ids`).
         """
         limit = self.resolve_truncation(truncate_prompt_tokens)
+        side = self.truncation_side(truncation_side)
+        keep_text_start = keep_text_start if truncation_side == "left" else 0
+        by_tokenizer = side == self.truncation_side() and not keep_text_start
         texts = [(i, self.prepare_text(p)) for i, p in enumerate(prompts) if isinstance(p, str)]
         out: list[TokenizedPrompt | None] = [None] * len(prompts)
         if texts:
@@ -163,7 +195,12 @@ class InputProcessor:
             for (i, _), ids in zip(texts, enc["input_ids"]):
                 out[i] = TokenizedPrompt(list(ids))
             too_long = [(i, t) for i, t in texts if limit is not None and len(out[i]) > limit]  # type: ignore[arg-type]
-            if too_long:
+            if too_long and not by_tokenizer:
+                for i, _ in too_long:
+                    ids = out[i].input_ids  # type: ignore[union-attr]
+                    out[i] = TokenizedPrompt(self.truncate_ids(ids, limit, side, keep_text_start),  # type: ignore[arg-type]
+                                             num_input_tokens=len(ids))
+            elif too_long:
                 enc = self.tokenizer([t for _, t in too_long], add_special_tokens=True, truncation=True,
                                      max_length=limit, verbose=False)
                 for (i, _), ids in zip(too_long, enc["input_ids"]):
@@ -176,7 +213,7 @@ class InputProcessor:
                     raise ValueError(f"Prompt {first_index + i} has token id {bad[0]} outside the vocabulary "
                                      f"(size {self.vocab_size})")
                 out[i] = TokenizedPrompt(
-                    self.truncate_ids(ids, limit) if limit is not None and len(ids) > limit else ids,
+                    self.truncate_ids(ids, limit, side) if limit is not None and len(ids) > limit else ids,
                     num_input_tokens=len(ids))
         result = [p for p in out if p is not None]
         self.check(result, first_index, max_len)

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..config import ModelConfig
-from ..inputs import InputProcessor, Prompt, TokenizedPrompt
+from ..inputs import InputProcessor, Prompt, TokenizedPrompt, TruncationSide
 from ..outputs import RequestOutput
 from ..params import HeadOptions, PoolingParams
 from . import chunking
@@ -107,11 +107,14 @@ class Task:
     def tokenize_inputs(self, items: list[Prompt], options: list[HeadOptions], truncate_prompt_tokens: int | None,
                         first_index: int, enable_chunked_processing: bool | None,
                         adjust: Callable[[list[TokenizedPrompt]], None] | None = None,
+                        truncation_side: TruncationSide | None = None, keep_text_start: int = 0,
                         ) -> tuple[list[TokenizedPrompt], list[HeadOptions], ChunkPlan | None]:
         """Tokenize one sequence per input, or, with chunked processing (the request's choice, else the
         pooler config's), split inputs longer than the model into chunks (see :mod:`.chunking`).
 
         ``adjust`` sees the whole inputs' sequences before any is split (e.g. to mark a prompt's tokens).
+        ``truncation_side``: the end ``truncate_prompt_tokens`` cuts (default: the tokenizer's);
+        ``keep_text_start``: the first tokens of each text a ``"left"`` cut keeps (a prompt's).
         """
         enabled = enable_chunked_processing
         if enabled is None:
@@ -120,7 +123,8 @@ class Task:
         if chunked:
             chunking.check_chunking(self.model_config, self.processor)
         max_len = chunking.max_embed_len(self.model_config) if chunked else None
-        tokens = self.processor.encode(items, truncate_prompt_tokens, first_index, max_len=max_len)
+        tokens = self.processor.encode(items, truncate_prompt_tokens, first_index, max_len=max_len,
+                                       truncation_side=truncation_side, keep_text_start=keep_text_start)
         if adjust is not None:
             adjust(tokens)
         if not chunked:

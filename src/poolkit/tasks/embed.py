@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..inputs import Prompt, TokenizedPrompt, normalize_prompts
+from ..inputs import Prompt, TokenizedPrompt, TruncationSide, normalize_prompts
 from ..outputs import EmbeddingOutput, EmbeddingRequestOutput
 from .base import PoolingParamsArg, PreparedRequest, RequestIds, Task
 from .chunking import Head
@@ -27,16 +27,20 @@ class EmbedTask(Task):
         prompt_name: str | None = None,
         first_index: int = 0,
         enable_chunked_processing: bool | None = None,
+        truncation_side: TruncationSide | None = None,
     ) -> PreparedRequest:
         """``enable_chunked_processing``: embed inputs longer than the model in chunks (default: the
-        pooler config's setting; see :mod:`poolkit.tasks.chunking`)."""
+        pooler config's setting; see :mod:`poolkit.tasks.chunking`). ``truncation_side``: ``"right"``
+        (``truncate_prompt_tokens`` keeps the start of each input) or ``"left"`` (keeps the end, and the
+        prompt before it); default: the tokenizer's ``truncation_side``."""
         self.require()
         items = normalize_prompts(prompts)
         options = self.options(pooling_params, len(items))
         text, prompted = self.apply_prompt(items, prompt, prompt_name, first_index)
         tokens, run_options, plan = self.tokenize_inputs(
             prompted, options, truncate_prompt_tokens, first_index, enable_chunked_processing,
-            adjust=lambda tokenized: self.exclude_prompt(text, prompted, tokenized))
+            adjust=lambda tokenized: self.exclude_prompt(text, prompted, tokenized), truncation_side=truncation_side,
+            keep_text_start=self.prompt_length(text) if text is not None and truncation_side == "left" else 0)
         return PreparedRequest(self.name, tokens, run_options, state=plan, first_index=first_index,
                                num_inputs=len(items))
 

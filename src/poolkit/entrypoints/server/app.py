@@ -23,7 +23,7 @@ from starlette.responses import Response
 from ... import __version__
 from ...async_engine import AsyncPoolingEngine
 from ..server_args import ServerArgs
-from . import classify, embeddings, pooling, score, system, tokenize
+from . import classify, cohere, embeddings, pooling, score, system, tokenize
 from .context import ServerContext
 from .errors import error_response, install_error_handlers
 from .metrics import ServerMetrics
@@ -38,6 +38,7 @@ ENDPOINTS: tuple[tuple[APIRouter, str | None], ...] = (
     (system.router, None),
     (tokenize.router, None),
     (embeddings.router, "embed"),
+    (cohere.router, "embed"),
     (pooling.router, "encode"),
     (classify.router, "classify"),
     (score.router, "score"),
@@ -168,6 +169,7 @@ def _publish_model_options(schemas: dict[str, Any], context: ServerContext) -> N
         ("EmbeddingRequest", "dimensions"): dimensions,
         ("EmbeddingRequest", "prompt_name"): prompt_names,
         ("EmbeddingRequest", "enable_chunked_processing"): chunked,
+        ("CohereEmbedRequest", "output_dimension"): dimensions,
         ("PoolingRequest", "dimensions"): dimensions if mc.task == "embed" else None,
         ("PoolingRequest", "enable_chunked_processing"): chunked,
     }

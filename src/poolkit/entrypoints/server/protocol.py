@@ -157,6 +157,36 @@ FloatArray = Annotated[
 Base64Floats = Annotated[StrictStr, Field(description="Little-endian float32 bytes, base64-encoded.")]
 
 
+def _int_vector(dtype: type[np.integer[Any]]) -> Callable[[Any], np.ndarray]:
+    """A validator of integer vectors that fit ``dtype`` (kept as arrays of it, like ``FloatVector``)."""
+    info = np.iinfo(dtype)
+
+    def validate(value: Any) -> np.ndarray:
+        if isinstance(value, str):
+            raise ValueError("expected an array of integers")
+        array = np.asarray(value)
+        if array.ndim != 1 or not (array.size == 0 or np.issubdtype(array.dtype, np.integer)):
+            raise ValueError(f"expected a vector of integers, got an array of {array.dtype} of shape {array.shape}")
+        if array.size and (array.min() < info.min or array.max() > info.max):
+            raise ValueError(f"expected integers in [{info.min}, {info.max}]")
+        return array.astype(dtype, copy=False)
+
+    return validate
+
+
+def _int_items(dtype: type[np.integer[Any]]) -> WithJsonSchema:
+    info = np.iinfo(dtype)
+    return WithJsonSchema({"type": "array", "items": {"type": "integer", "minimum": int(info.min),
+                                                      "maximum": int(info.max)}})
+
+
+# Integer codes (``/v2/embed``'s quantized types), kept as NumPy arrays like ``FloatVector``.
+Int8Vector = Annotated[np.ndarray, PlainValidator(_int_vector(np.int8)),
+                       PlainSerializer(lambda a: a.tolist(), when_used="json"), _int_items(np.int8)]
+UInt8Vector = Annotated[np.ndarray, PlainValidator(_int_vector(np.uint8)),
+                        PlainSerializer(lambda a: a.tolist(), when_used="json"), _int_items(np.uint8)]
+
+
 class ErrorResponse(OpenAIBaseModel):
     """Every error the server sends (4xx and 5xx), in the shape of OpenAI's and vLLM's errors."""
 
@@ -356,14 +386,15 @@ class RerankRequest(OpenAIBaseModel):
     truncate_prompt_tokens: Optional[TruncatePromptTokens] = _TRUNCATE
 
 
-def _never_null(field: str) -> Callable[[dict[str, Any]], None]:
-    """A model's ``json_schema_extra`` for an optional field that is left out rather than sent as null."""
+def _never_null(*fields: str) -> Callable[[dict[str, Any]], None]:
+    """A model's ``json_schema_extra`` for optional fields that are left out rather than sent as null."""
 
     def edit(schema: dict[str, Any]) -> None:
-        prop = schema["properties"][field]
-        alternatives = [a for a in prop.pop("anyOf") if a != {"type": "null"}]
-        prop.pop("default", None)
-        prop.update(alternatives[0] if len(alternatives) == 1 else {"anyOf": alternatives})
+        for field in fields:
+            prop = schema["properties"][field]
+            alternatives = [a for a in prop.pop("anyOf") if a != {"type": "null"}]
+            prop.pop("default", None)
+            prop.update(alternatives[0] if len(alternatives) == 1 else {"anyOf": alternatives})
 
     return edit
 
@@ -402,6 +433,82 @@ class CohereMeta(OpenAIBaseModel):
 
 class RerankV2Response(RerankResponse):
     meta: CohereMeta
+
+
+# -- /v2/embed (Cohere v2) --------------------------------------------------------------------------
+
+CohereInputType = Literal["search_document", "search_query", "classification", "clustering"]
+CohereEmbeddingType = Literal["float", "int8", "uint8", "binary", "ubinary", "base64"]
+CohereTruncate = Literal["NONE", "START", "END"]
+
+
+class CohereEmbedRequest(OpenAIBaseModel):
+    """Cohere's v2 embed request (text inputs)."""
+
+    model: Optional[str] = _MODEL
+    texts: InputTexts = Field(
+        ..., description="The texts to embed: not empty, no empty text, at most the server's limits on inputs per "
+        "request and characters per text (maxItems, maxLength).")
+    input_type: Optional[CohereInputType] = Field(
+        None, description="What the texts are for. `search_query` and `search_document` put the model's "
+        "Sentence-Transformers query / document prompt before every text (the prompt named `query`; the first of "
+        "`document`, `passage`, `corpus`), `classification` and `clustering` the prompt of that name, when the "
+        "model has one (`prompts` in /v1/models); otherwise (and when null) the model's default prompt applies.")
+    embedding_types: Optional[Annotated[list[CohereEmbeddingType], Field(min_length=1)]] = Field(
+        None, description="The forms to return, each under its own key of `embeddings` (null or omitted: "
+        "`[\"float\"]`). `float`: the vectors; `int8` / `uint8`: each vector scaled on its own so that its "
+        "largest component is ±127 (int8 in [-127, 127]; uint8 = int8 + 128), compare them by cosine similarity; "
+        "`binary` / `ubinary`: one bit per dimension (> 0), packed 8 to a byte, most significant bit first "
+        "(ubinary: the bytes as 0...255; binary: the bytes minus 128); `base64`: each vector as little-endian "
+        "float32 bytes, base64-encoded.")
+    output_dimension: Optional[Dimensions] = Field(
+        None, description="Matryoshka output size, as `dimensions` on /v1/embeddings: the vector is cut to this "
+        "many dimensions, then normalized again (only models that support it, only the sizes the model lists; "
+        "this server's schema gives them). Every embedding type is computed from the cut vector.")
+    truncate: CohereTruncate = Field(
+        "END", description="An input longer than the model's maximum (`max_model_len` in /v1/models): `END` "
+        "drops its end, `START` its start (the model's special tokens, and the prompt `input_type` put before "
+        "the text, are kept); the cut inputs are reported in `meta.warnings`. `NONE`: such an input is an error "
+        "(400), unless the model embeds long inputs in chunks (its pooler config's enable_chunked_processing).")
+
+
+class CohereEmbeddingsByType(OpenAIBaseModel):
+    """One list per requested embedding type (the others are left out), each in input order."""
+
+    # (no field may be annotated ``float`` below ``float`` itself: it is a field name here)
+    model_config = ConfigDict(json_schema_extra=_never_null("float", "int8", "uint8", "binary", "ubinary",
+                                                            "base64"))
+
+    float: Optional[list[FloatVector]] = Field(None, exclude_if=lambda v: v is None)
+    int8: Optional[list[Int8Vector]] = Field(None, exclude_if=lambda v: v is None)
+    uint8: Optional[list[UInt8Vector]] = Field(None, exclude_if=lambda v: v is None)
+    binary: Optional[list[Int8Vector]] = Field(None, exclude_if=lambda v: v is None)
+    ubinary: Optional[list[UInt8Vector]] = Field(None, exclude_if=lambda v: v is None)
+    base64: Optional[list[Base64Floats]] = Field(None, exclude_if=lambda v: v is None)
+
+
+class CohereEmbedBilledUnits(OpenAIBaseModel):
+    input_tokens: int = Field(description="Tokens of all the inputs, as the model read them (usage.prompt_tokens "
+                                          "on /v1/embeddings).")
+
+
+class CohereEmbedMeta(OpenAIBaseModel):
+    """Cohere v2's ``meta`` of an embed response."""
+
+    api_version: CohereApiVersion = Field(default_factory=CohereApiVersion)
+    billed_units: CohereEmbedBilledUnits
+    warnings: list[str] = Field(default_factory=list, exclude_if=lambda warnings: not warnings,
+                                description="Absent unless there is something to say, e.g. that inputs were cut.")
+
+
+class CohereEmbedResponse(OpenAIBaseModel):
+    """Cohere's v2 embed response: the embeddings by type, the input texts, and ``meta``."""
+
+    id: str
+    embeddings: CohereEmbeddingsByType
+    texts: list[str]
+    meta: CohereEmbedMeta
+    response_type: Literal["embeddings_by_type"] = "embeddings_by_type"
 
 
 # -- /tokenize, /detokenize, /v1/models ---------------------------------------------------------------
