@@ -67,6 +67,7 @@ def build_random_model(shape: str, max_len: int) -> str:
     sample = load_texts(2000) if CORPUS.exists() else ["hello world"] * 10
     if architecture == "qwen3":
         tokenizer = build_bpe_tokenizer(path, texts=sample, vocab_size=8000)
+        tokenizer.pad_token = tokenizer.eos_token  # as Qwen3-Embedding ships it (the peer pads batches)
         tokenizer.padding_side = "left"
     else:
         try:
