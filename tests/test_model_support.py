@@ -258,24 +258,14 @@ def test_padded_models_say_why_in_repr(tmp_path: Path) -> None:
 
 
 async def test_server_rerank_applies_the_template_to_raw_query_and_documents(reranker_path: Path) -> None:
-    import httpx
-
-    from poolkit.async_engine import AsyncPoolingEngine
-    from poolkit.entrypoints.server import build_app
+    from poolkit.entrypoints.testing import serving
 
     llm = LLM(str(reranker_path), dtype="float32", hf_overrides=QWEN3_RERANKER)
     expected = causal_lm_yes_probability(reranker_path, [QWEN3_RERANKER_TEMPLATE.format(query=QUERY, document=d)
                                                          for d in DOCS])
-    engine = AsyncPoolingEngine(llm)
-    engine.start()
-    try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=build_app(engine)),
-                                     base_url="http://test") as client:
-            rerank = (await client.post("/rerank", json={"query": QUERY, "documents": DOCS})).json()
-            score = (await client.post("/score", json={"text_1": QUERY, "text_2": DOCS})).json()
-    finally:
-        await engine.close()
+    async with serving(llm) as (_, client):
+        rerank = (await client.post("/rerank", json={"query": QUERY, "documents": DOCS})).json()
+        score = (await client.post("/score", json={"text_1": QUERY, "text_2": DOCS})).json()
     by_index = {r["index"]: r["relevance_score"] for r in rerank["results"]}
     np.testing.assert_allclose([by_index[i] for i in range(len(DOCS))], expected, atol=1e-5)
     np.testing.assert_allclose([d["score"] for d in score["data"]], expected, atol=1e-5)
-

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import copy
 import threading
 import time
@@ -16,8 +15,7 @@ import numpy as np
 import pytest
 
 from poolkit import LLM, PoolingParams
-from poolkit.async_engine import AsyncPoolingEngine
-from poolkit.entrypoints.server import build_app
+from poolkit.entrypoints.testing import serving
 from poolkit.params import matryoshka_dimension_unsupported, matryoshka_unsupported
 from poolkit.quantize import (
     quantize_binary,
@@ -46,18 +44,6 @@ def prompted(tiny) -> LLM:
 def mrl(tiny) -> LLM:
     path = tiny("encoder", pooling="mean", config={"matryoshka_dimensions": [8, 16]})
     return LLM(str(path), served_model_name="tiny-mrl", dtype="float32")
-
-
-@contextlib.asynccontextmanager
-async def serving(llm: LLM, **engine_options):
-    engine = AsyncPoolingEngine(llm, **engine_options)
-    app = build_app(engine)
-    engine.start()
-    try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
-            yield engine, client
-    finally:
-        await engine.close()
 
 
 def offline(llm: LLM, texts, **kwargs) -> np.ndarray:

@@ -17,6 +17,7 @@ from poolkit import LLM, PoolingParams
 from poolkit.async_engine import AsyncPoolingEngine, EngineClosedError, QueueFullError, QueueTimeoutError
 from poolkit.entrypoints.cli import engine_args, make_parser
 from poolkit.entrypoints.server import build_app
+from poolkit.entrypoints.testing import serving
 from poolkit.settings import EngineArgs
 
 pytestmark = pytest.mark.unit
@@ -27,18 +28,6 @@ TEXTS = ["the quick brown fox", "paris", "is the capital of france", "a", "berli
 @pytest.fixture(scope="module")
 def llm(tiny) -> LLM:
     return LLM(str(tiny("classifier")), served_model_name="tiny-cls", dtype="float32")
-
-
-@contextlib.asynccontextmanager
-async def serving(llm: LLM, **engine_options):
-    engine = AsyncPoolingEngine(llm, **engine_options)
-    app = build_app(engine)
-    engine.start()
-    try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
-            yield engine, client
-    finally:
-        await engine.close()
 
 
 def ids(n: int) -> list[int]:

@@ -1,4 +1,5 @@
-"""Run a real ``poolkit serve`` process for tests and benchmarks (loopback only).
+"""Run a real ``poolkit serve`` process for tests and benchmarks (loopback only), or the app in-process
+(:func:`serving`).
 
     with RemoteServer("default", ["--api-key", "k"]) as server:
         httpx.post(server.url_for("/v1/embeddings"), json={...}, headers=server.headers)
@@ -19,6 +20,7 @@ clients never do: slow headers, a stalled or endless body, a bad
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -31,7 +33,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +146,25 @@ class WorkerGate:
 
         PoolingEngine.execute = gated_execute  # type: ignore[method-assign]
         Tasks.prepare = gated_prepare  # type: ignore[method-assign]
+
+
+@contextlib.asynccontextmanager
+async def serving(llm: Any, **engine_options: Any) -> AsyncIterator[tuple[Any, Any]]:
+    """The app in-process over ``llm``: ``(engine, client)``, an httpx client on the ASGI transport; the
+    engine is closed afterwards."""
+    import httpx
+
+    from ..async_engine import AsyncPoolingEngine
+    from .server import build_app
+
+    engine = AsyncPoolingEngine(llm, **engine_options)
+    app = build_app(engine)
+    engine.start()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            yield engine, client
+    finally:
+        await engine.close()
 
 
 def wait_until(condition: Any, timeout: float, what: str, interval: float = 0.01) -> None:
