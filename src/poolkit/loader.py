@@ -221,12 +221,9 @@ def build_model_config(
         head = "sequence"  # refined to "decoder_score" once the module is loaded
     elif resolved_task == "reward" and architecture_kind(architecture) == "token":
         head = "token"
-    if resolved_task in ("embed", "classify", "score") and is_encoder_only(hf_config):
-        layers["architecture"] = PoolerConfig(pooling_type="CLS")
-    if resolved_task == "embed" and hf_config.model_type in ENCODER_ONLY_CLASSES:
-        layers["architecture"] = PoolerConfig(pooling_type="MEAN")  # sentence-t5 and gtr-t5 pool by mean
-    if resolved_task == "reward" and architecture.endswith("ForProcessRewardModel"):
-        layers["architecture"] = PoolerConfig(pooling_type="STEP", activation=True)
+    architecture_pooler = architecture_default_pooler(hf_config, architecture, resolved_task)
+    if architecture_pooler is not None:
+        layers["architecture"] = architecture_pooler
     if st:
         layers["sentence_transformers"] = st["pooler"]
     override = PoolerConfig.coerce(override_pooler_config)
@@ -244,18 +241,7 @@ def build_model_config(
     if score_template is not None:
         check_score_template(score_template, resolved_task)
 
-    limits = [v for v in (_max_positions(hf_config), st.get("max_seq_length"), tokenizer_max_length) if v]
-    natural_limit = min(limits) if limits else 512
-    if max_model_len is not None:
-        if max_model_len < 1:
-            raise ValueError("max_model_len must be positive")
-        position_limit = _max_positions(hf_config)
-        if position_limit is not None and max_model_len > position_limit:
-            raise ValueError(
-                f"max_model_len={max_model_len} exceeds the model's {position_limit} position embeddings"
-            )
-        natural_limit = max_model_len
-
+    natural_limit = resolve_max_model_len(hf_config, max_model_len, st.get("max_seq_length"), tokenizer_max_length)
     dims = getattr(hf_config, "matryoshka_dimensions", None)
     is_matryoshka = bool(getattr(hf_config, "is_matryoshka", False) or dims)
     hidden_size = int(getattr(hf_config, "hidden_size", 0) or getattr(hf_config, "d_model", 0) or 0)
@@ -343,6 +329,32 @@ def check_score_template(template: str, task: str) -> None:
         raise ValueError(f"score_template must be a format string with {{query}} and {{document}} only: {exc!r}") from None
     if formatted.count("\x00q") != 1 or formatted.count("\x00d") != 1:
         raise ValueError("score_template must contain {query} and {document} once each")
+
+
+def architecture_default_pooler(hf_config: Any, architecture: str, task: str) -> PoolerConfig | None:
+    """The architecture's own pooling default (the layer between the task's default and the ST files)."""
+    if task == "embed" and hf_config.model_type in ENCODER_ONLY_CLASSES:
+        return PoolerConfig(pooling_type="MEAN")  # sentence-t5 and gtr-t5 pool by mean
+    if task in ("embed", "classify", "score") and is_encoder_only(hf_config):
+        return PoolerConfig(pooling_type="CLS")
+    if task == "reward" and architecture.endswith("ForProcessRewardModel"):
+        return PoolerConfig(pooling_type="STEP", activation=True)
+    return None
+
+
+def resolve_max_model_len(hf_config: Any, requested: int | None, st_limit: int | None,
+                          tokenizer_limit: int | None) -> int:
+    """``requested`` if given (checked against the position table), else the smallest of the model's,
+    the Sentence-Transformers files' and the tokenizer's limits (512 if none says)."""
+    position_limit = _max_positions(hf_config)
+    if requested is None:
+        limits = [v for v in (position_limit, st_limit, tokenizer_limit) if v]
+        return int(min(limits)) if limits else 512
+    if requested < 1:
+        raise ValueError("max_model_len must be positive")
+    if position_limit is not None and requested > position_limit:
+        raise ValueError(f"max_model_len={requested} exceeds the model's {position_limit} position embeddings")
+    return requested
 
 
 def check_text_only(hf_config: Any, architecture: str) -> None:
