@@ -8,14 +8,13 @@ import asyncio
 import base64
 import copy
 import threading
-import time
 
 import httpx
 import numpy as np
 import pytest
 
 from poolkit import LLM, PoolingParams
-from poolkit.entrypoints.testing import serving
+from poolkit.entrypoints.testing import serving, until
 from poolkit.params import matryoshka_dimension_unsupported, matryoshka_unsupported
 from poolkit.quantize import (
     quantize_binary,
@@ -228,12 +227,6 @@ async def test_shares_the_engine_path_with_v1_embeddings(prompted, monkeypatch) 
         return real_execute(prompts, *args, **kwargs)
 
     monkeypatch.setattr(prompted.engine, "execute", execute)
-
-    async def until(condition, what: str) -> None:
-        deadline = time.monotonic() + 30
-        while not condition():
-            assert time.monotonic() < deadline, f"gave up waiting for {what}"
-            await asyncio.sleep(0.001)
 
     try:
         async with serving(prompted, batch_wait_ms=0, max_queued_tokens=40) as (engine, client):

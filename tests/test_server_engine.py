@@ -17,7 +17,7 @@ from poolkit import LLM, PoolingParams
 from poolkit.async_engine import AsyncPoolingEngine, EngineClosedError, QueueFullError, QueueTimeoutError
 from poolkit.entrypoints.cli import engine_args, make_parser
 from poolkit.entrypoints.server import build_app
-from poolkit.entrypoints.testing import serving
+from poolkit.entrypoints.testing import serving, until
 from poolkit.settings import EngineArgs
 
 pytestmark = pytest.mark.unit
@@ -52,14 +52,6 @@ async def test_classify_labels_and_probs_match_offline(llm) -> None:
             r = await client.post(path, json=body)
             assert r.status_code == 400 and "does not support" in r.json()["message"], path
         assert (await client.get("/health")).status_code == 200
-
-
-async def until(condition, what: str, timeout: float = 30.0) -> None:
-    """Yield to the event loop until ``condition()`` holds (explicit synchronisation, not a guess at speed)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        await asyncio.sleep(0.001)
 
 
 @contextlib.contextmanager

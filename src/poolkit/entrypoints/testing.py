@@ -167,6 +167,16 @@ async def serving(llm: Any, **engine_options: Any) -> AsyncIterator[tuple[Any, A
         await engine.close()
 
 
+async def until(condition: Any, what: str, timeout: float = 30.0) -> None:
+    """Yield to the event loop until ``condition()`` holds (explicit synchronisation, not a guess at speed)."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        await asyncio.sleep(0.001)
+
+
 def wait_until(condition: Any, timeout: float, what: str, interval: float = 0.01) -> None:
     """Poll ``condition()`` until it is true; ``TimeoutError`` naming ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
