@@ -166,18 +166,6 @@ def test_clip_is_refused_at_load(tmp_path: Path) -> None:
         LLM(str(path), dtype="float32")
 
 
-def test_sparse_encoder_is_refused_at_load(tmp_path: Path) -> None:
-    from sentence_transformers import SparseEncoder
-    from sentence_transformers.sparse_encoder.modules import MLMTransformer, SpladePooling
-
-    tokenizer = build_wordpiece_tokenizer(tmp_path / "mlm")
-    tf.BertForMaskedLM(_bert_config(len(tokenizer))).save_pretrained(str(tmp_path / "mlm"))
-    SparseEncoder(modules=[MLMTransformer(str(tmp_path / "mlm")), SpladePooling("max")], device="cpu").save(
-        str(tmp_path / "splade"))
-    with pytest.raises(ValueError, match=r"Unsupported Sentence-Transformers module .*MLMTransformer.*SPLADE"):
-        LLM(str(tmp_path / "splade"), dtype="float32")
-
-
 def test_forward_failure_is_a_load_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A model that loads but cannot run on text fails in LLM(...), so a server never reports healthy."""
     path = build_tiny_checkpoint(tmp_path, "encoder")

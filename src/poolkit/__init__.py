@@ -30,6 +30,8 @@ _EXPORTS = {
     "ClassificationRequestOutput": "outputs",
     "ScoringOutput": "outputs",
     "ScoringRequestOutput": "outputs",
+    "SparseEmbeddingOutput": "outputs",
+    "MultiVectorOutput": "outputs",
 }
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "EmbeddingOutput",
     "EmbeddingRequestOutput",
     "EngineArgs",
+    "MultiVectorOutput",
     "PoolerConfig",
     "PoolingOutput",
     "PoolingParams",
@@ -48,6 +51,7 @@ __all__ = [
     "PreparedRequest",
     "ScoringOutput",
     "ScoringRequestOutput",
+    "SparseEmbeddingOutput",
     "Tasks",
     "default_model_path",
 ]
@@ -61,10 +65,12 @@ if TYPE_CHECKING:
         ClassificationRequestOutput,
         EmbeddingOutput,
         EmbeddingRequestOutput,
+        MultiVectorOutput,
         PoolingOutput,
         PoolingRequestOutput,
         ScoringOutput,
         ScoringRequestOutput,
+        SparseEmbeddingOutput,
     )
     from .params import PoolingParams
     from .settings import EngineArgs

@@ -125,6 +125,46 @@ class DenseSpec:
     activation: str
 
 
+OutputKind = Literal["dense", "sparse", "multi_vector"]
+OUTPUT_KINDS: tuple[str, ...] = ("dense", "sparse", "multi_vector")
+
+
+@dataclass
+class SparseSpec:
+    """How a model makes sparse (vocabulary-size) embeddings.
+
+    ``splade``: the MLM head's logits per token, ``log(1 + relu(x))`` (applied twice for
+    ``log1p_relu``), reduced over the tokens by ``max`` or ``sum`` (sentence-transformers' ``SpladePooling``).
+    ``lexical``: BGE-M3's ``sparse_linear``: one ``relu`` weight per token, the largest per token id,
+    special tokens left out.
+    """
+
+    source: Literal["splade", "lexical"]
+    vocab_size: int
+    pooling_strategy: Literal["max", "sum"] = "max"
+    activation: Literal["relu", "log1p_relu"] = "relu"
+
+
+@dataclass
+class MultiVectorSpec:
+    """How a model makes per-token (ColBERT-style) vectors.
+
+    ``projection``: Sentence-Transformers ``Dense`` modules on the token embeddings (``MultiVectorEncoder``),
+    or BGE-M3's ``colbert_linear`` (``"colbert_linear"``, which also leaves out the first token).
+    ``skiplist_words`` are dropped from the vectors of the roles in ``skiplist_roles`` (documents by default).
+    ``similarity``: ``maxsim`` (sum over query tokens of the best document token's dot product) or
+    ``meanmaxsim`` (divided by the query's token count, as BGE-M3 scores).
+    """
+
+    dim: int
+    dense: list[DenseSpec] = field(default_factory=list)
+    colbert_linear: bool = False
+    normalize: bool = True
+    skiplist_words: list[str] = field(default_factory=list)
+    skiplist_roles: list[str] = field(default_factory=lambda: ["document"])
+    similarity: Literal["maxsim", "meanmaxsim"] = "maxsim"
+
+
 @dataclass
 class TokenClassifierSpec:
     """A score head taken from the LM head's rows for ``tokens`` (vLLM's ``classifier_from_token``)."""
@@ -142,7 +182,7 @@ class ModelConfig:
     served_model_name: str
     task: str
     architecture: str
-    head: Literal["none", "sequence", "decoder_score", "token"]
+    head: Literal["none", "sequence", "decoder_score", "token", "masked_lm"]
     hf_config: Any = field(repr=False)
     pooler_config: PoolerConfig
     pooler_layers: dict[str, PoolerConfig] = field(repr=False, default_factory=dict)
@@ -163,6 +203,22 @@ class ModelConfig:
     trust_remote_code: bool = False
     classifier_from_token: TokenClassifierSpec | None = None
     score_template: str | None = None  # "...{query}...{document}...": pairs become one templated text
+    # What ``embed`` can return; the first is the default (BGE-M3 offers all three from one forward pass).
+    outputs: tuple[str, ...] = ("dense",)
+    sparse: SparseSpec | None = None
+    multi_vector: MultiVectorSpec | None = None
+
+    @property
+    def default_output(self) -> str:
+        return self.outputs[0]
+
+    def require_output(self, output: str) -> None:
+        """``ValueError`` naming the model's outputs when it cannot make ``output`` embeddings."""
+        if output not in OUTPUT_KINDS:
+            raise ValueError(f"Unknown output {output!r}; expected one of {', '.join(OUTPUT_KINDS)}")
+        if output not in self.outputs:
+            raise ValueError(f'Model "{self.served_model_name}" does not produce {output.replace("_", "-")} '
+                             f"embeddings; its outputs: {', '.join(self.outputs)}")
 
     @property
     def supported_methods(self) -> frozenset[str]:
@@ -170,6 +226,8 @@ class ModelConfig:
         methods = {"encode"}
         if self.task == "embed":
             methods |= {"embed", "score"}
+            if "sparse" in self.outputs:
+                methods.add("embed_sparse")  # TEI's /embed_sparse
         elif self.task in ("classify", "score"):
             methods.add("classify")
             if self.num_labels == 1:

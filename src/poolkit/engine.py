@@ -31,6 +31,15 @@ from .scheduler import SchedulerConfig, schedule
 from .settings import EngineArgs, describe, docstring, setting_fields
 from .tasks import PreparedRequest, Tasks, counter_ids
 from .tasks.base import PoolingParamsArg, params_list
+from .token_heads import (
+    MultiVectorHead,
+    SparseHead,
+    check_masked_lm_split,
+    linear_from_state,
+    masked_lm_head,
+    skiplist_ids,
+    special_token_ids,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -111,10 +120,19 @@ def build_engine(model_config: ModelConfig, tokenizer: Any, args: EngineArgs) ->
         hf_model = getattr(hf_model, hf_model.base_model_prefix)
         model_config.head = "decoder_score"
     files = CheckpointFiles(model_config.model_path)
+    mlm_head = None
+    if model_config.head == "masked_lm":
+        # SPLADE: run the backbone (packed like any encoder); the sparse head applies the MLM head per token slice.
+        mlm_head = masked_lm_head(hf_model)
+        check_masked_lm_split(hf_model, mlm_head)
+        hf_model = hf_model.base_model
+        model_config.head = "none"
     dense = None
     if model_config.dense:
         dense = torch.nn.Sequential(*(load_dense(files, spec) for spec in model_config.dense))
-    pooler = Pooler(model_config, dense=dense, score_head=score_head).to(device)
+    sparse_head, multi_vector_head = build_token_heads(model_config, files, tokenizer, mlm_head)
+    pooler = Pooler(model_config, dense=dense, score_head=score_head, sparse_head=sparse_head,
+                    multi_vector_head=multi_vector_head).to(device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     runner = ModelRunner(
         hf_model,
@@ -138,6 +156,35 @@ def build_engine(model_config: ModelConfig, tokenizer: Any, args: EngineArgs) ->
     engine = PoolingEngine(model_config, runner, pooler, SchedulerConfig(budget, args.max_num_seqs))
     check_runs_on_text(engine, tokenizer)
     return engine
+
+
+def build_token_heads(model_config: ModelConfig, files: CheckpointFiles, tokenizer: Any,
+                      mlm_head: torch.nn.Module | None) -> tuple[SparseHead | None, MultiVectorHead | None]:
+    """The sparse and multi-vector heads the model's outputs need (SPLADE's MLM head, BGE-M3's head files,
+    a MultiVectorEncoder's Dense modules)."""
+    sparse_head = multi_vector_head = None
+    if model_config.sparse is not None:
+        if model_config.sparse.source == "splade":
+            if mlm_head is None:
+                raise ValueError("SPLADE pooling needs the model's masked-LM head")
+            sparse_head = SparseHead(model_config.sparse, mlm_head)
+        else:
+            sparse_file = files.get("sparse_linear.pt")
+            if sparse_file is None:
+                raise FileNotFoundError(f"{model_config.model_path} has no sparse_linear.pt")
+            sparse_head = SparseHead(model_config.sparse, linear_from_state(sparse_file), special_token_ids(tokenizer))
+    spec = model_config.multi_vector
+    if spec is not None:
+        projection: torch.nn.Module | None = None
+        if spec.colbert_linear:
+            colbert_file = files.get("colbert_linear.pt")
+            if colbert_file is None:
+                raise FileNotFoundError(f"{model_config.model_path} has no colbert_linear.pt")
+            projection = linear_from_state(colbert_file)
+        elif spec.dense:
+            projection = torch.nn.Sequential(*(load_dense(files, d) for d in spec.dense))
+        multi_vector_head = MultiVectorHead(spec, projection, skiplist_ids(tokenizer, spec.skiplist_words))
+    return sparse_head, multi_vector_head
 
 
 def fit_position_offset(model_config: ModelConfig, offset: int, explicit: bool) -> None:
@@ -233,6 +280,12 @@ class LLM:
         head = ""
         if mc.classifier_from_token is not None:
             head = f"classifier_from_token={mc.classifier_from_token.tokens} ({mc.classifier_from_token.method}), "
+        if mc.outputs != ("dense",):
+            head += f"outputs={list(mc.outputs)}, "
+            if mc.sparse is not None:
+                head += f"sparse={mc.sparse.source} ({mc.sparse.pooling_strategy}, {mc.sparse.activation}), "
+            if mc.multi_vector is not None:
+                head += f"multi_vector=dim {mc.multi_vector.dim} ({mc.multi_vector.similarity}), "
         return (
             f"LLM(model={mc.served_model_name!r}, task={mc.task!r}, architecture={mc.architecture}, "
             f"{head}pooler={mc.pooler_config!r}, max_model_len={mc.max_model_len}, device={runner.device}, "

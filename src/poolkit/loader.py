@@ -20,7 +20,9 @@ from .config import (
     TASK_DEFAULT_POOLERS,
     DenseSpec,
     ModelConfig,
+    MultiVectorSpec,
     PoolerConfig,
+    SparseSpec,
     TokenClassifierSpec,
     architecture_kind,
     is_encoder_only,
@@ -93,13 +95,13 @@ _ST_POOLING_MODES = {
 _ST_UNSUPPORTED_MODES = ("pooling_mode_max_tokens", "pooling_mode_mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens")
 
 
-# Sentence-Transformers modules this engine reproduces (Dropout is the identity at inference).
-SUPPORTED_ST_MODULES = ("Transformer", "Pooling", "Dense", "Normalize", "Dropout")
-# Modules we recognise but cannot serve as a dense embedder: say what they are instead of dropping them.
+# Sentence-Transformers modules this engine reproduces (Dropout is the identity at inference); the last three
+# are SparseEncoder's (SPLADE) and MultiVectorEncoder's (ColBERT-style) own.
+SUPPORTED_ST_MODULES = ("Transformer", "Pooling", "Dense", "Normalize", "Dropout", "MLMTransformer", "SpladePooling",
+                        "MultiVectorMask")
+# Modules we recognise but do not serve: say what they are instead of dropping them.
 _ST_MODULE_HINTS = {
-    "MLMTransformer": "a sparse (SPLADE) encoder: its MLM head yields vocabulary-size sparse vectors",
-    "SpladePooling": "a sparse (SPLADE) encoder: its MLM head yields vocabulary-size sparse vectors",
-    "SparseStaticEmbedding": "an inference-free sparse document encoder",
+    "SparseStaticEmbedding": "an inference-free sparse encoder (a per-token weight table, usually behind a Router)",
     "CLIPModel": "an image and text (CLIP) model",
     "StaticEmbedding": "a static (Model2Vec-style) embedding table, not a transformer",
     "Router": "an asymmetric model that routes queries and documents through different modules",
@@ -121,18 +123,34 @@ def check_sentence_transformers_modules(modules: list[dict[str, Any]]) -> None:
         )
 
 
+# Transformer-module settings of ColBERT-style query expansion and per-role lengths, which this engine does not
+# reproduce (it never cuts or pads inputs on its own).
+_UNSUPPORTED_TRANSFORMER_KEYS = ("query_expansion", "query_length", "document_length")
+
+
 def read_sentence_transformers(files: CheckpointFiles) -> dict[str, Any]:
-    """Pooling / Normalize / Dense modules, max_seq_length, do_lower_case and prompts."""
+    """Pooling / Normalize / Dense modules, max_seq_length, do_lower_case and prompts; for a ``SparseEncoder``
+    (MLM Transformer + ``SpladePooling``) a :class:`SparseSpec`, for a ``MultiVectorEncoder`` a
+    :class:`MultiVectorSpec`."""
     modules = files.json("modules.json")
     if not modules:
         return {}
     check_sentence_transformers_modules(modules)
     found: dict[str, Any] = {"pooler": PoolerConfig(normalize=False), "dense": []}
+    token_dense: list[DenseSpec] = []
     for module in modules:
         kind = module.get("type", "").rsplit(".", 1)[-1]
         path = module.get("path", "")
-        if kind == "Pooling":
-            cfg = files.json(f"{path}/config.json") or {}
+        cfg = files.json(f"{path}/config.json" if path else "sentence_bert_config.json") or {}
+        on_tokens = cfg.get("module_input_name") == "token_embeddings"
+        if kind in ("Transformer", "MLMTransformer"):
+            transformer_cfg = files.json(f"{path}/sentence_bert_config.json" if path else "sentence_bert_config.json") or {}
+            set_keys = [k for k in _UNSUPPORTED_TRANSFORMER_KEYS if transformer_cfg.get(k) is not None]
+            if set_keys:
+                raise ValueError(f"Unsupported Sentence-Transformers Transformer settings {', '.join(set_keys)} "
+                                 f"(ColBERT-style query expansion / per-role lengths): {transformer_cfg}")
+            found["masked_lm"] = kind == "MLMTransformer" or transformer_cfg.get("transformer_task") == "fill-mask"
+        elif kind == "Pooling":
             mode = cfg.get("pooling_mode")
             if mode is None:
                 active = [name for key, name in _ST_POOLING_MODES.items() if cfg.get(key)]
@@ -143,19 +161,21 @@ def read_sentence_transformers(files: CheckpointFiles) -> dict[str, Any]:
             mode = {"cls": "CLS", "mean": "MEAN", "lasttoken": "LAST"}.get(str(mode).lower(), str(mode))
             found["pooler"] = PoolerConfig(pooling_type=mode, normalize=False)
             found["include_prompt"] = bool(cfg.get("include_prompt", True))
+        elif kind == "SpladePooling":
+            found["splade"] = cfg
+        elif kind == "MultiVectorMask":
+            found["multi_vector_mask"] = cfg
         elif kind == "Normalize":
-            found["normalize"] = True
+            found["normalize_tokens" if on_tokens else "normalize"] = True
         elif kind == "Dense":
-            cfg = files.json(f"{path}/config.json") or {}
-            found["dense"].append(
-                DenseSpec(
-                    path=path,
-                    in_features=cfg["in_features"],
-                    out_features=cfg["out_features"],
-                    bias=cfg.get("bias", True),
-                    activation=cfg.get("activation_function", "torch.nn.modules.linear.Identity"),
-                )
+            spec = DenseSpec(
+                path=path,
+                in_features=cfg["in_features"],
+                out_features=cfg["out_features"],
+                bias=cfg.get("bias", True),
+                activation=cfg.get("activation_function", "torch.nn.modules.linear.Identity"),
             )
+            (token_dense if on_tokens else found["dense"]).append(spec)
     if found.pop("normalize", False):
         found["pooler"] = PoolerConfig(normalize=True).over(found["pooler"])
     bert_cfg = files.json("sentence_bert_config.json") or {}
@@ -164,7 +184,69 @@ def read_sentence_transformers(files: CheckpointFiles) -> dict[str, Any]:
     st_cfg = files.json("config_sentence_transformers.json") or {}
     found["prompts"] = st_cfg.get("prompts") or {}
     found["default_prompt_name"] = st_cfg.get("default_prompt_name")
+    model_type = st_cfg.get("model_type")
+    if model_type == "MultiVectorEncoder" or "multi_vector_mask" in found:
+        mask = found.pop("multi_vector_mask", None) or {}
+        if mask.get("keep_only_token_ids"):
+            raise ValueError(f"Unsupported MultiVectorMask setting keep_only_token_ids (image-patch documents): {mask}")
+        roles = mask.get("skiplist_tasks") or ["document"]
+        found["multi_vector"] = MultiVectorSpec(
+            dim=token_dense[-1].out_features if token_dense else 0,
+            dense=token_dense,
+            normalize=bool(found.pop("normalize_tokens", False)),
+            skiplist_words=list(mask.get("skiplist_words") or []),
+            skiplist_roles=[roles] if isinstance(roles, str) else list(roles),
+            similarity="meanmaxsim" if st_cfg.get("similarity_fn_name") == "meanmaxsim" else "maxsim",
+        )
+    elif token_dense or found.get("normalize_tokens"):
+        raise ValueError("Sentence-Transformers modules act on token embeddings, but the model is not a "
+                         "MultiVectorEncoder (no MultiVectorMask)")
+    if "splade" in found or model_type == "SparseEncoder":
+        splade = found.pop("splade", None)
+        if splade is None or not found.get("masked_lm"):
+            raise ValueError("A Sentence-Transformers SparseEncoder needs an MLM Transformer followed by SpladePooling; "
+                             f"modules.json has {[m.get('type') for m in modules]}")
+        found["sparse"] = splade
+    elif found.get("masked_lm"):
+        raise ValueError("The Transformer module runs the masked-LM head (transformer_task fill-mask) but no "
+                         "SpladePooling follows it: this engine does not know what to pool")
     return found
+
+
+def read_bge_m3_heads(files: CheckpointFiles) -> MultiVectorSpec | None:
+    """BGE-M3's extra heads (FlagEmbedding's ``colbert_linear.pt`` and ``sparse_linear.pt`` beside the
+    checkpoint): the multi-vector spec if both are present, else ``None``."""
+    colbert = files.get("colbert_linear.pt")
+    if colbert is None or files.get("sparse_linear.pt") is None:
+        return None
+    weight = torch.load(colbert, map_location="cpu", weights_only=True, mmap=True)["weight"]
+    return MultiVectorSpec(dim=int(weight.shape[0]), colbert_linear=True, normalize=True, skiplist_roles=[],
+                           similarity="meanmaxsim")
+
+
+def resolve_outputs(st: dict[str, Any], files: CheckpointFiles, hf_config: Any, task: str
+                    ) -> tuple[tuple[str, ...], SparseSpec | None, MultiVectorSpec | None]:
+    """What ``embed`` returns: dense vectors; sparse ones (SPLADE); per-token vectors (MultiVectorEncoder);
+    or all three (BGE-M3, dense by default)."""
+    if task not in ("embed", "encode"):
+        return ("dense",), None, None
+    vocab_size = int(hf_config.vocab_size)
+    if "sparse" in st:
+        cfg = st["sparse"]
+        strategy, activation = cfg.get("pooling_strategy", "max"), cfg.get("activation_function", "relu")
+        if strategy not in ("max", "sum") or activation not in ("relu", "log1p_relu"):
+            raise ValueError(f"Unsupported SpladePooling settings: {cfg}")
+        return ("sparse",), SparseSpec("splade", vocab_size, strategy, activation), None
+    if "multi_vector" in st:
+        spec = st["multi_vector"]
+        if not spec.dim:
+            spec.dim = int(getattr(hf_config, "hidden_size", 0))
+        return ("multi_vector",), None, spec
+    m3 = read_bge_m3_heads(files)
+    if m3 is not None:
+        logger.info("BGE-M3 heads found (colbert_linear.pt, sparse_linear.pt): dense, sparse and multi-vector outputs")
+        return ("dense", "sparse", "multi_vector"), SparseSpec("lexical", vocab_size), m3
+    return ("dense",), None, None
 
 
 # Encoder-decoder families whose embedders run the encoder alone (as Sentence-Transformers does).
@@ -216,11 +298,14 @@ def build_model_config(
 
     st = read_sentence_transformers(files) if resolved_task in ("embed", "encode") else {}
     layers: dict[str, PoolerConfig] = {"task": TASK_DEFAULT_POOLERS[resolved_task]}
-    head: Literal["none", "sequence", "decoder_score", "token"] = "none"
+    head: Literal["none", "sequence", "decoder_score", "token", "masked_lm"] = "none"
     if resolved_task in ("classify", "score"):
         head = "sequence"  # refined to "decoder_score" once the module is loaded
     elif resolved_task == "reward" and architecture_kind(architecture) == "token":
         head = "token"
+    elif st.get("masked_lm"):
+        head = "masked_lm"  # the backbone runs; the MLM head is applied by the sparse pooler
+    outputs, sparse, multi_vector = resolve_outputs(st, files, hf_config, resolved_task)
     architecture_pooler = architecture_default_pooler(hf_config, architecture, resolved_task)
     if architecture_pooler is not None:
         layers["architecture"] = architecture_pooler
@@ -234,7 +319,7 @@ def build_model_config(
     if pooler.pooling_type == "STEP" and pooler.step_tag_id is None and pooler.returned_token_ids is None:
         logger.info("STEP pooling without step_tag_id keeps every token")
     if pooler.enable_chunked_processing:
-        check_chunked_processing(pooler, resolved_task)
+        check_chunked_processing(pooler, resolved_task, outputs)
 
     if score_template is None and getattr(hf_config, "is_original_qwen3_reranker", False):
         score_template = QWEN3_RERANKER_TEMPLATE
@@ -276,6 +361,9 @@ def build_model_config(
         trust_remote_code=trust_remote_code,
         classifier_from_token=token_classifier,
         score_template=score_template,
+        outputs=outputs,
+        sparse=sparse,
+        multi_vector=multi_vector,
     )
 
 
@@ -367,8 +455,10 @@ def check_text_only(hf_config: Any, architecture: str) -> None:
         )
 
 
-def check_chunked_processing(pooler: PoolerConfig, task: str) -> None:
+def check_chunked_processing(pooler: PoolerConfig, task: str, outputs: tuple[str, ...] = ("dense",)) -> None:
     """Chunked processing merges one vector per chunk: only for embedding models pooling one vector per input."""
+    if outputs[0] != "dense":
+        raise ValueError(f"enable_chunked_processing merges dense vectors; this model's embeddings are {outputs[0]}")
     if task != "embed":
         raise ValueError(f"enable_chunked_processing applies to embedding models (task 'embed'); this model's task "
                          f"is {task!r}: long inputs are cut with truncate_prompt_tokens instead")
@@ -390,6 +480,7 @@ def auto_model_class(model_config: ModelConfig) -> Any:
     from transformers import (
         AutoModel,
         AutoModelForCausalLM,
+        AutoModelForMaskedLM,
         AutoModelForSequenceClassification,
         AutoModelForTokenClassification,
     )
@@ -400,6 +491,8 @@ def auto_model_class(model_config: ModelConfig) -> Any:
         return AutoModelForSequenceClassification
     if model_config.head == "token":
         return AutoModelForTokenClassification
+    if model_config.head == "masked_lm":
+        return AutoModelForMaskedLM
     encoder_class = ENCODER_ONLY_CLASSES.get(model_config.hf_config.model_type)
     if encoder_class is not None:
         return getattr(transformers, encoder_class)

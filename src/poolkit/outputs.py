@@ -65,6 +65,81 @@ class EmbeddingOutput:
 
 
 @dataclass(eq=False)
+class SparseEmbeddingOutput:
+    """A sparse (SPLADE / lexical) embedding: the non-zero dimensions of a vocabulary-size vector.
+
+    ``indices`` (int64, ascending) are token ids, ``values`` (float32) their weights, ``dim`` the vocabulary
+    size; :meth:`to_dense` gives the full vector, ``embedding`` the ``{index: value}`` mapping.
+    """
+
+    indices: np.ndarray
+    values: np.ndarray
+    dim: int
+
+    @classmethod
+    def from_dense(cls, vector: np.ndarray) -> SparseEmbeddingOutput:
+        (indices,) = np.nonzero(vector)
+        return cls(indices.astype(np.int64), vector[indices].astype(np.float32), int(vector.shape[-1]))
+
+    @cached_property
+    def embedding(self) -> dict[int, float]:
+        return dict(zip(self.indices.tolist(), self.values.tolist()))
+
+    @property
+    def num_active_dims(self) -> int:
+        return int(self.indices.size)
+
+    def to_dense(self) -> np.ndarray:
+        dense = np.zeros(self.dim, dtype=np.float32)
+        dense[self.indices] = self.values
+        return dense
+
+    def numpy(self) -> np.ndarray:
+        """The dense vocabulary-size vector (a new array)."""
+        return self.to_dense()
+
+    def __repr__(self) -> str:
+        top = np.argsort(-self.values)[:4]
+        head = ", ".join(f"{int(self.indices[i])}: {self.values[i]:.4f}" for i in top)
+        return f"SparseEmbeddingOutput(dim={self.dim}, active={self.num_active_dims}, top={{{head}}})"
+
+
+@dataclass(eq=False)
+class MultiVectorOutput:
+    """Per-token vectors of a late-interaction (ColBERT-style) model: a ``(tokens, dim)`` matrix."""
+
+    array: np.ndarray
+
+    @cached_property
+    def embedding(self) -> list[list[float]]:
+        return self.array.tolist()
+
+    @property
+    def num_vectors(self) -> int:
+        return int(self.array.shape[0])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.array.shape[-1])
+
+    def numpy(self) -> np.ndarray:
+        return self.array
+
+    def __repr__(self) -> str:
+        return f"MultiVectorOutput(num_vectors={self.num_vectors}, hidden_size={self.hidden_size})"
+
+
+def embedding_output(array: np.ndarray, kind: str = "dense") -> EmbeddingOutput | SparseEmbeddingOutput | MultiVectorOutput:
+    """The output object for an embedding of ``kind`` (``dense``, ``sparse``: a vocabulary-size array, or
+    ``multi_vector``: a ``(tokens, dim)`` array)."""
+    if kind == "sparse":
+        return SparseEmbeddingOutput.from_dense(array)
+    if kind == "multi_vector":
+        return MultiVectorOutput(array)
+    return EmbeddingOutput(array)
+
+
+@dataclass(eq=False)
 class ClassificationOutput:
     """Class probabilities (or raw logits when activation is off) and the best label."""
 
@@ -135,8 +210,9 @@ class PoolingRequestOutput(RequestOutput[PoolingOutput]):
     pass
 
 
-class EmbeddingRequestOutput(RequestOutput[EmbeddingOutput]):
-    pass
+class EmbeddingRequestOutput(RequestOutput[EmbeddingOutput | SparseEmbeddingOutput | MultiVectorOutput]):
+    """``outputs`` is an :class:`EmbeddingOutput` (dense), a :class:`SparseEmbeddingOutput` or a
+    :class:`MultiVectorOutput`, as the model (and the request's ``PoolingParams.output``) says."""
 
 
 class ClassificationRequestOutput(RequestOutput[ClassificationOutput]):

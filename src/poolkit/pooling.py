@@ -17,6 +17,7 @@ from torch import nn
 from .config import ModelConfig, PoolerConfig, PoolingType
 from .inputs import TokenizedPrompt
 from .params import HeadOptions
+from .token_heads import MultiVectorHead, SparseHead, keep_top
 
 Activation = Literal["softmax", "sigmoid", "identity"]
 
@@ -90,8 +91,11 @@ def pool_tokens(
 class Pooler(nn.Module):
     """Pooling type + optional Dense stack + head, built from the resolved PoolerConfig."""
 
-    def __init__(self, model_config: ModelConfig, dense: nn.Module | None = None, score_head: nn.Module | None = None):
+    def __init__(self, model_config: ModelConfig, dense: nn.Module | None = None, score_head: nn.Module | None = None,
+                 sparse_head: SparseHead | None = None, multi_vector_head: MultiVectorHead | None = None):
         super().__init__()
+        self.sparse_head = sparse_head
+        self.multi_vector_head = multi_vector_head
         self.model_config = model_config
         self.config: PoolerConfig = model_config.pooler_config
         self.pooling_type = PoolingType.parse(self.config.pooling_type or "LAST")
@@ -114,6 +118,39 @@ class Pooler(nn.Module):
         options: Sequence[HeadOptions],
     ) -> list[torch.Tensor]:
         """Pooled, head-applied results for one batch, moved to CPU."""
+        kinds = {opt.output for opt in options}
+        if kinds == {"dense"}:
+            return self._dense(states, lengths, prompts, options)
+        results: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
+        for kind in kinds:  # a merged server batch may ask different outputs of one model (BGE-M3)
+            rows = [i for i, opt in enumerate(options) if opt.output == kind]
+            index = torch.tensor(rows, device=states.device)
+            sub = (states.index_select(0, index), lengths.index_select(0, index), [prompts[i] for i in rows],
+                   [options[i] for i in rows])
+            for i, value in zip(rows, self._by_kind(kind, *sub)):
+                results[i] = value
+        return results
+
+    def _by_kind(self, kind: str, states: torch.Tensor, lengths: torch.Tensor, prompts: Sequence[TokenizedPrompt],
+                 options: Sequence[HeadOptions]) -> list[torch.Tensor]:
+        input_ids = [p.input_ids for p in prompts]
+        if kind == "sparse" and self.sparse_head is not None:
+            weights = self.sparse_head(states, lengths, input_ids).cpu()
+            return [row if opt.max_active_dims is None else keep_top(row, opt.max_active_dims)
+                    for row, opt in zip(weights, options)]
+        if kind == "multi_vector" and self.multi_vector_head is not None:
+            return self.multi_vector_head(states, lengths, input_ids, [opt.role for opt in options])
+        if kind == "dense":
+            return self._dense(states, lengths, prompts, options)
+        raise ValueError(f"This model has no {kind} head")
+
+    def _dense(
+        self,
+        states: torch.Tensor,
+        lengths: torch.Tensor,
+        prompts: Sequence[TokenizedPrompt],
+        options: Sequence[HeadOptions],
+    ) -> list[torch.Tensor]:
         input_ids = [p.input_ids for p in prompts]
         if self.model_config.head == "sequence":
             pooled = states.float()  # (B, num_labels) logits straight from the HF head

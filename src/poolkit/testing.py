@@ -214,3 +214,74 @@ def write_config_overrides(path: str | Path, **overrides: Any) -> None:
     config = json.loads(config_file.read_text())
     config.update(overrides)
     config_file.write_text(json.dumps(config, indent=2))
+
+
+def build_sparse_encoder(path: str | Path, *, seed: int = 0, pooling_strategy: str = "max",
+                         activation_function: str = "relu") -> Path:
+    """A tiny random SPLADE model saved by sentence-transformers' ``SparseEncoder`` (``BertForMaskedLM`` +
+    ``SpladePooling``). The MLM bias is lowered so that, as in trained SPLADE models, most of the
+    vocabulary gets weight 0."""
+    import transformers as tf
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.base.modules import Transformer
+    from sentence_transformers.sparse_encoder.modules import SpladePooling
+
+    path = Path(path)
+    torch.manual_seed(seed)
+    tokenizer = build_wordpiece_tokenizer(path)
+    model = tf.BertForMaskedLM(_bert_config(len(tokenizer)))
+    with torch.no_grad():
+        model.cls.predictions.decoder.weight.mul_(20.0)
+        model.cls.predictions.bias.fill_(-5.0)
+    model.save_pretrained(str(path))
+    transformer = Transformer(str(path), transformer_task="fill-mask", max_seq_length=128)
+    pooling = SpladePooling(pooling_strategy=pooling_strategy, activation_function=activation_function)
+    SparseEncoder(modules=[transformer, pooling], device="cpu").save(str(path))
+    return path
+
+
+def build_multi_vector_encoder(path: str | Path, *, seed: int = 0, dim: int = 16,
+                               skiplist_words: Iterable[str] = (".", ",", "?", "!")) -> Path:
+    """A tiny random ColBERT-style model saved by sentence-transformers' ``MultiVectorEncoder``
+    (``BertModel`` + ``Dense`` projection + a punctuation skiplist for documents + ``Normalize``)."""
+    import transformers as tf
+    from sentence_transformers import MultiVectorEncoder
+    from sentence_transformers.base.modules import Dense, Normalize, Transformer
+    from sentence_transformers.multi_vector_encoder.modules import MultiVectorMask
+
+    path = Path(path)
+    torch.manual_seed(seed)
+    tokenizer = build_wordpiece_tokenizer(path)
+    model = tf.BertModel(_bert_config(len(tokenizer)), add_pooling_layer=False)
+    model.save_pretrained(str(path))
+    transformer = Transformer(str(path), max_seq_length=128)
+    hidden = transformer.get_embedding_dimension()
+    dense = Dense(hidden, dim, bias=False, activation_function=torch.nn.Identity(),
+                  module_input_name="token_embeddings", module_output_name="token_embeddings")
+    modules = [transformer, dense, MultiVectorMask(skiplist_words=list(skiplist_words)),
+               Normalize(module_input_name="token_embeddings", module_output_name="token_embeddings")]
+    MultiVectorEncoder(modules=modules, device="cpu").save(str(path))
+    return path
+
+
+def build_bge_m3_like(path: str | Path, *, seed: int = 0, colbert_dim: int | None = None) -> Path:
+    """A tiny random BGE-M3-shaped checkpoint: an XLM-R backbone saved as a Sentence-Transformers CLS +
+    Normalize model, with FlagEmbedding's ``colbert_linear.pt`` and ``sparse_linear.pt`` head files beside it."""
+    import transformers as tf
+
+    path = Path(path)
+    torch.manual_seed(seed)
+    tokenizer = build_wordpiece_tokenizer(path)
+    config = _bert_config(len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    model = tf.XLMRobertaModel(tf.XLMRobertaConfig(**config.to_dict()), add_pooling_layer=False)
+    model.save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    hidden = model.config.hidden_size
+    colbert = torch.nn.Linear(hidden, colbert_dim or hidden)
+    sparse = torch.nn.Linear(hidden, 1)
+    with torch.no_grad():
+        sparse.weight.mul_(10.0)
+    torch.save(colbert.state_dict(), path / "colbert_linear.pt")
+    torch.save(sparse.state_dict(), path / "sparse_linear.pt")
+    add_sentence_transformers_files(path, pooling="cls", normalize=True)
+    return path

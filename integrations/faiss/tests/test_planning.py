@@ -24,6 +24,8 @@ def fake_config(*, dim: int = 384, matryoshka: bool = False, dims: list[int] | N
         is_matryoshka=matryoshka or bool(dims),
         matryoshka_dimensions=dims,
         served_model_name=name,
+        outputs=("dense",),
+        default_output="dense",
     )
 
 

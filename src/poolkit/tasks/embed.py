@@ -3,15 +3,17 @@ chunked processing of long inputs."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
 
 from ..inputs import Prompt, TokenizedPrompt, TruncationSide, normalize_prompts
-from ..outputs import EmbeddingOutput, EmbeddingRequestOutput
+from ..outputs import EmbeddingRequestOutput, embedding_output
+from ..params import HeadOptions
 from .base import PoolingParamsArg, PreparedRequest, RequestIds, Task
 from .chunking import Head
-from .prompts import resolve_prompt
+from .prompts import QUERY_PROMPT_NAMES, resolve_prompt
 
 
 class EmbedTask(Task):
@@ -35,7 +37,7 @@ class EmbedTask(Task):
         prompt before it); default: the tokenizer's ``truncation_side``."""
         self.require()
         items = normalize_prompts(prompts)
-        options = self.options(pooling_params, len(items))
+        options = self.with_role(self.options(pooling_params, len(items)), prompt_name)
         text, prompted = self.apply_prompt(items, prompt, prompt_name, first_index)
         tokens, run_options, plan = self.tokenize_inputs(
             prompted, options, truncate_prompt_tokens, first_index, enable_chunked_processing,
@@ -43,6 +45,14 @@ class EmbedTask(Task):
             keep_text_start=self.prompt_length(text) if text is not None and truncation_side == "left" else 0)
         return PreparedRequest(self.name, tokens, run_options, state=plan, first_index=first_index,
                                num_inputs=len(items))
+
+    @staticmethod
+    def with_role(options: list[HeadOptions], prompt_name: str | None) -> list[HeadOptions]:
+        """Inputs embedded with the ``query`` prompt are queries (as ``encode_query`` in sentence-transformers):
+        multi-vector models keep tokens in queries that their skiplist drops from documents."""
+        if prompt_name not in QUERY_PROMPT_NAMES:
+            return options
+        return [dataclasses.replace(opt, role="query") for opt in options]
 
     def tokenize(self, items: list[Prompt], truncate_prompt_tokens: int | None, prompt: str | None,
                  prompt_name: str | None, first_index: int = 0) -> list[TokenizedPrompt]:
@@ -82,6 +92,7 @@ class EmbedTask(Task):
 
     def finish(self, request: PreparedRequest, pooled: Sequence[np.ndarray], request_ids: RequestIds,
                head: Head | None = None) -> list[EmbeddingRequestOutput]:
-        return [EmbeddingRequestOutput(request_ids(), p.input_ids, EmbeddingOutput(v), p.num_input_tokens,
-                                       num_processed_tokens=processed)
-                for p, v, processed in self.per_input(request, pooled, head)]
+        kinds = [opt.output for opt in request.options] if request.state is None else None  # chunked: dense
+        return [EmbeddingRequestOutput(request_ids(), p.input_ids, embedding_output(v, kinds[i] if kinds else "dense"),
+                                       p.num_input_tokens, num_processed_tokens=processed)
+                for i, (p, v, processed) in enumerate(self.per_input(request, pooled, head))]

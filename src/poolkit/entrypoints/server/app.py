@@ -23,7 +23,7 @@ from starlette.responses import Response
 from ... import __version__
 from ...async_engine import AsyncPoolingEngine
 from ..server_args import ServerArgs
-from . import classify, cohere, embeddings, pooling, score, system, tokenize
+from . import classify, cohere, embeddings, pooling, score, sparse, system, tokenize
 from .context import ServerContext
 from .errors import error_response, install_error_handlers
 from .metrics import ServerMetrics
@@ -39,6 +39,7 @@ ENDPOINTS: tuple[tuple[APIRouter, str | None], ...] = (
     (tokenize.router, None),
     (embeddings.router, "embed"),
     (cohere.router, "embed"),
+    (sparse.router, "embed_sparse"),
     (pooling.router, "encode"),
     (classify.router, "classify"),
     (score.router, "score"),
@@ -165,7 +166,17 @@ def _publish_model_options(schemas: dict[str, Any], context: ServerContext) -> N
     dimensions = _dimensions_schema(context)
     prompt_names = {"type": "string", "enum": sorted(mc.prompts)} if mc.prompts else None
     chunked: dict[str, Any] = {"type": "boolean"} if _can_chunk(context) else {"type": "boolean", "enum": [False]}
+    outputs = {"type": "string", "enum": list(mc.outputs)}
+    dense = mc.default_output == "dense"  # normalize and dimensions apply to dense embeddings only
+    if not dense:
+        dimensions = None
     options: dict[tuple[str, str], dict[str, Any] | None] = {
+        ("EmbeddingRequest", "output"): outputs,
+        ("EmbeddingRequest", "normalize"): {"type": "boolean"} if dense else None,
+        ("EmbeddingRequest", "max_active_dims"): {"type": "integer", "minimum": 1} if not dense and "sparse" in mc.outputs else None,
+        ("EmbedSparseRequest", "prompt_name"): prompt_names,
+        ("PoolingRequest", "output"): outputs,
+        ("PoolingRequest", "normalize"): {"type": "boolean"} if dense else None,
         ("EmbeddingRequest", "dimensions"): dimensions,
         ("EmbeddingRequest", "prompt_name"): prompt_names,
         ("EmbeddingRequest", "enable_chunked_processing"): chunked,
@@ -175,6 +186,7 @@ def _publish_model_options(schemas: dict[str, Any], context: ServerContext) -> N
     }
     for request in ("ScoreRequest", "RerankRequest"):
         options[request, "dimensions"] = dimensions if by_cosine else None
+        options[request, "output"] = outputs if by_cosine else None
         if by_cosine:
             options[request, "activation"] = None
     for (name, field), accepted in options.items():

@@ -97,7 +97,7 @@ async def create_embed(request: CohereEmbedRequest, ctx: Context) -> ModelRespon
     ctx.check_model(request.model)
     texts = ctx.texts(request.texts, "texts")
     truncate_prompt_tokens, side = TRUNCATION[request.truncate]
-    params = PoolingParams(dimensions=request.output_dimension)
+    params = PoolingParams(dimensions=request.output_dimension, output="dense")
     outputs = await ctx.process("embed", texts, params, truncate_prompt_tokens=truncate_prompt_tokens,
                                 truncation_side=side, prompt_name=prompt_name(ctx, request.input_type))
     vectors = np.stack([o.outputs.numpy() for o in outputs]).astype(np.float32, copy=False)

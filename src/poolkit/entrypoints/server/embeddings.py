@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from fastapi import APIRouter
 
+from ...outputs import SparseEmbeddingOutput
 from ...params import PoolingParams
 from .context import Context
-from .errors import API_ERRORS
-from .protocol import EmbeddingData, EmbeddingRequest, EmbeddingResponse
-from .responses import ModelResponse, encode_array
+from .errors import API_ERRORS, APIError
+from .protocol import EmbeddingData, EmbeddingRequest, EmbeddingResponse, SparseEmbedding
+from .responses import EncodingFormat, ModelResponse, encode_array
 
 router = APIRouter(tags=["Embeddings"], responses=API_ERRORS)
 
@@ -19,11 +21,23 @@ router = APIRouter(tags=["Embeddings"], responses=API_ERRORS)
 async def create_embeddings(request: EmbeddingRequest, ctx: Context) -> ModelResponse:
     model = ctx.check_model(request.model)
     prompts = ctx.prompts(request.input)
-    params = PoolingParams(dimensions=request.dimensions, normalize=request.normalize)
+    params = PoolingParams(dimensions=request.dimensions, normalize=request.normalize, output=request.output,
+                           max_active_dims=request.max_active_dims)
+    if request.encoding_format == "base64" and (request.output or ctx.model_config.default_output) == "sparse":
+        raise APIError(400, "encoding_format base64 sends float arrays; sparse embeddings are sent as "
+                            "{indices, values} (use encoding_format float)")
     outputs = await ctx.process("embed", prompts, params, truncate_prompt_tokens=request.truncate_prompt_tokens,
                                 prompt_name=request.prompt_name, prompt=request.prompt,
                                 enable_chunked_processing=request.enable_chunked_processing)
-    data = [EmbeddingData(index=i, embedding=encode_array(o.outputs.numpy(), request.encoding_format))
+    data = [EmbeddingData(index=i, embedding=embedding_payload(o.outputs, request.encoding_format))
             for i, o in enumerate(outputs)]
     return ModelResponse(EmbeddingResponse(id=f"embd-{uuid.uuid4().hex}", model=model, data=data,
                                            usage=ctx.usage("/v1/embeddings", outputs)))
+
+
+def embedding_payload(output: Any, encoding_format: EncodingFormat) -> Any:
+    """What ``embedding`` holds: a vector or per-token vectors (as arrays or base64), or a sparse embedding's
+    ``{indices, values}``."""
+    if isinstance(output, SparseEmbeddingOutput):
+        return SparseEmbedding(indices=output.indices, values=output.values)
+    return encode_array(output.numpy(), encoding_format)

@@ -19,7 +19,8 @@ router = APIRouter(tags=["Pooling"], responses=API_ERRORS)
 async def create_pooling(request: PoolingRequest, ctx: Context) -> ModelResponse:
     model = ctx.check_model(request.model)
     prompts = ctx.prompts(request.input)
-    params = PoolingParams(dimensions=request.dimensions, normalize=request.normalize, activation=request.activation)
+    params = PoolingParams(dimensions=request.dimensions, normalize=request.normalize, activation=request.activation,
+                           output=request.output)
     outputs = await ctx.process("encode", prompts, params, truncate_prompt_tokens=request.truncate_prompt_tokens,
                                 enable_chunked_processing=request.enable_chunked_processing)
     data = [PoolingData(index=i, data=encode_array(o.outputs.numpy(), request.encoding_format))

@@ -31,6 +31,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     PlainValidator,
+    RootModel,
     StrictBool,
     StrictStr,
     WithJsonSchema,
@@ -127,7 +128,10 @@ def _float64_array(value: Any) -> np.ndarray:
     """
     if isinstance(value, str):  # never read a string as numbers: strings are base64 payloads
         raise ValueError("expected an array of numbers")
-    array = np.asarray(value, dtype=np.float64)
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except TypeError:  # not numbers (e.g. another member of a union): a validation error, so the union goes on
+        raise ValueError(f"expected an array of numbers, got {type(value).__name__}") from None
     if array.ndim == 0:
         raise ValueError("expected an array, got a scalar")
     return array
@@ -185,6 +189,27 @@ Int8Vector = Annotated[np.ndarray, PlainValidator(_int_vector(np.int8)),
                        PlainSerializer(lambda a: a.tolist(), when_used="json"), _int_items(np.int8)]
 UInt8Vector = Annotated[np.ndarray, PlainValidator(_int_vector(np.uint8)),
                         PlainSerializer(lambda a: a.tolist(), when_used="json"), _int_items(np.uint8)]
+
+
+Int64Vector = Annotated[np.ndarray, PlainValidator(_int_vector(np.int64)),
+                        PlainSerializer(lambda a: a.tolist(), when_used="json"), _int_items(np.int64)]
+
+
+class SparseEmbedding(OpenAIBaseModel):
+    """A sparse embedding: the active dimensions (token ids, ascending) and their weights."""
+
+    indices: Int64Vector
+    values: FloatVector
+
+
+EmbeddingKind = Literal["dense", "sparse", "multi_vector"]
+_OUTPUT = Field(
+    None, description="Extension: which of the model's embeddings to return: `dense` (a vector), `sparse` "
+    "(SPLADE / BGE-M3 lexical weights: `{indices, values}` over the vocabulary) or `multi_vector` (ColBERT-style: "
+    "one normalized vector per kept token). null: the model's default, the first of `outputs` in /v1/models; "
+    "another kind the model lacks is a 400.")
+_MAX_ACTIVE_DIMS = Field(None, description="Extension (sentence-transformers' name): sparse embeddings keep only "
+                                           "their this many largest weights.")
 
 
 class ErrorResponse(OpenAIBaseModel):
@@ -265,12 +290,16 @@ class EmbeddingRequest(OpenAIBaseModel):
         None, description="Extension: a prompt text put before every text input, instead of the model's default "
         "prompt (\"\": none). Not together with `prompt_name`, nor (unless empty) with token-id inputs.")
     enable_chunked_processing: Optional[StrictBool] = _CHUNKED
+    output: Optional[EmbeddingKind] = _OUTPUT
+    max_active_dims: Optional[Annotated[JsonInt, _documents(minimum=1)]] = _MAX_ACTIVE_DIMS
 
 
 class EmbeddingData(OpenAIBaseModel):
     index: int
     object: Literal["embedding"] = "embedding"
-    embedding: Union[FloatVector, Base64Floats]
+    embedding: Union[SparseEmbedding, FloatVector, Base64Floats, FloatArray] = Field(
+        description="Dense: a vector (or base64 float32 bytes); sparse: `{indices, values}`; multi-vector: one "
+                    "vector per token (or all of them, flattened row by row, as base64 float32 bytes).")
 
 
 class EmbeddingResponse(ListResponse[EmbeddingData]):
@@ -297,6 +326,7 @@ class PoolingRequest(OpenAIBaseModel):
     user: Optional[str] = _USER
     enable_chunked_processing: Optional[StrictBool] = _CHUNKED
     truncate_prompt_tokens: Optional[TruncatePromptTokens] = _TRUNCATE
+    output: Optional[EmbeddingKind] = _OUTPUT
 
 
 class PoolingData(OpenAIBaseModel):
@@ -351,6 +381,9 @@ class ScoreRequest(OpenAIBaseModel):
     activation: Optional[StrictBool] = _SCORE_ACTIVATION
     dimensions: Optional[Dimensions] = _SCORE_DIMENSIONS
     truncate_prompt_tokens: Optional[TruncatePromptTokens] = _TRUNCATE
+    output: Optional[EmbeddingKind] = Field(
+        None, description="Extension: embedding models with several kinds of embeddings (BGE-M3) score with this "
+        "one: dense (cosine), sparse (dot product) or multi_vector (MaxSim); null: the model's default.")
 
 
 class ScoreData(OpenAIBaseModel):
@@ -384,6 +417,9 @@ class RerankRequest(OpenAIBaseModel):
     activation: Optional[StrictBool] = _SCORE_ACTIVATION
     dimensions: Optional[Dimensions] = _SCORE_DIMENSIONS
     truncate_prompt_tokens: Optional[TruncatePromptTokens] = _TRUNCATE
+    output: Optional[EmbeddingKind] = Field(
+        None, description="Extension: embedding models with several kinds of embeddings (BGE-M3) score with this "
+        "one: dense (cosine), sparse (dot product) or multi_vector (MaxSim); null: the model's default.")
 
 
 def _never_null(*fields: str) -> Callable[[dict[str, Any]], None]:
@@ -511,6 +547,30 @@ class CohereEmbedResponse(OpenAIBaseModel):
     response_type: Literal["embeddings_by_type"] = "embeddings_by_type"
 
 
+# -- /embed_sparse (text-embeddings-inference) --------------------------------------------------------
+
+
+class EmbedSparseRequest(OpenAIBaseModel):
+    """TEI's ``/embed_sparse`` request."""
+
+    inputs: TextInput = Field(..., description="A text or a list of texts.")
+    truncate: Optional[StrictBool] = Field(
+        False, description="Cut inputs longer than the model to its maximum length (false: such an input is a 400).")
+    truncation_direction: Literal["Left", "Right", "left", "right"] = Field(
+        "Right", description="The end a cut removes: Right keeps the start of each text, Left its end.")
+    prompt_name: Optional[StrictStr] = Field(None, description="One of the model's Sentence-Transformers prompts.")
+    max_active_dims: Optional[Annotated[JsonInt, _documents(minimum=1)]] = _MAX_ACTIVE_DIMS
+
+
+class SparseValue(OpenAIBaseModel):
+    index: int
+    value: float
+
+
+class EmbedSparseResponse(RootModel[list[list[SparseValue]]]):
+    """Per input, its active dimensions (token ids) and weights, as TEI's ``/embed_sparse`` answers."""
+
+
 # -- /tokenize, /detokenize, /v1/models ---------------------------------------------------------------
 
 
@@ -549,6 +609,8 @@ class ModelCard(OpenAIBaseModel):
     prompts: dict[str, str] = Field(default_factory=dict,
                                     description="Extension: the model's Sentence-Transformers prompts by name.")
     default_prompt_name: Optional[str] = Field(None, description="Extension: the prompt applied by default.")
+    outputs: list[str] = Field(default_factory=lambda: ["dense"], description="Extension: the kinds of embeddings "
+                               "the model returns (dense, sparse, multi_vector), its default first.")
 
 
 class ModelList(OpenAIBaseModel):

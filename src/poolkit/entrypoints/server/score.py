@@ -42,7 +42,7 @@ async def score_pairs(ctx: ServerContext, left: list[str], right: list[str],
     ``dimensions`` applies to embedding models (scored by the cosine of Matryoshka-truncated vectors),
     ``activation`` to cross-encoders; the engine refuses either where it does not apply.
     """
-    params = PoolingParams(activation=request.activation, dimensions=request.dimensions)
+    params = PoolingParams(activation=request.activation, dimensions=request.dimensions, output=request.output)
     return await ctx.process("score", left, right, params, truncate_prompt_tokens=request.truncate_prompt_tokens)
 
 

@@ -37,6 +37,7 @@ async def metrics(ctx: Context) -> Response:
 async def list_models(ctx: Context) -> ModelResponse:
     mc = ctx.model_config
     cards = [ModelCard(id=name, created=ctx.created, root=mc.model, max_model_len=mc.max_model_len,
-                       task=mc.task, prompts=mc.prompts, default_prompt_name=mc.default_prompt_name)
+                       task=mc.task, prompts=mc.prompts, default_prompt_name=mc.default_prompt_name,
+                       outputs=list(mc.outputs))
              for name in ctx.served_names]
     return ModelResponse(ModelList(data=cards))
