@@ -6,10 +6,14 @@
 >>> plan = plan_index(5_000_000, 4 * 2**30, llm=llm)      # doctest: +SKIP
 >>> index = VectorIndex.from_texts(texts, llm, plan=plan)  # doctest: +SKIP
 >>> index.search_texts("how do I pool embeddings?", k=10)  # doctest: +SKIP
+
+Sparse (SPLADE) vectors go in a ``SparseIndex``; ``reciprocal_rank_fusion`` /
+``weighted_score_fusion`` merge dense and sparse rankings.
 """
 
 from .datasets import clustered_vectors
 from .embedding import embed_texts, prepare_vectors
+from .fusion import reciprocal_rank_fusion, weighted_score_fusion
 from .gpu import gpu_count
 from .planning import (
     CODECS,
@@ -25,6 +29,7 @@ from .planning import (
     plan_index,
 )
 from .quantize import dequantize_int8, quantize_binary, quantize_int8
+from .sparse import SparseIndex
 from .store import SearchResult, VectorIndex, recall_at_k
 
 __version__ = "0.1.0"
@@ -36,6 +41,7 @@ __all__ = [
     "IndexPlan",
     "ModelInfo",
     "SearchResult",
+    "SparseIndex",
     "VectorIndex",
     "candidate_plans",
     "clustered_vectors",
@@ -51,4 +57,6 @@ __all__ = [
     "quantize_binary",
     "quantize_int8",
     "recall_at_k",
+    "reciprocal_rank_fusion",
+    "weighted_score_fusion",
 ]

@@ -1,4 +1,5 @@
-"""LangChain integration for poolkit: ``PoolkitEmbeddings``, ``PoolkitReranker`` and ``PoolkitFAISS``.
+"""LangChain integration for poolkit: ``PoolkitEmbeddings``, ``PoolkitReranker``, ``PoolkitFAISS``, and
+hybrid (dense + sparse) retrieval with ``PoolkitHybridRetriever`` / ``PoolkitSparseEmbeddings``.
 
 Importing this package loads no model and does not import torch; engines are
 loaded when a class is instantiated in-process.
@@ -13,6 +14,7 @@ from .embeddings import PoolkitEmbeddings
 from .rerankers import PoolkitReranker
 
 if TYPE_CHECKING:
+    from .retrievers import PoolkitHybridRetriever, PoolkitSparseEmbeddings
     from .vectorstores import PoolkitFAISS
 
 __version__ = "0.1.0"
@@ -21,8 +23,10 @@ __all__ = [
     "PoolkitBadRequestError",
     "PoolkitEmbeddings",
     "PoolkitFAISS",
+    "PoolkitHybridRetriever",
     "PoolkitReranker",
     "PoolkitServerError",
+    "PoolkitSparseEmbeddings",
 ]
 
 
@@ -32,4 +36,8 @@ def __getattr__(name: str) -> Any:
         from .vectorstores import PoolkitFAISS
 
         return PoolkitFAISS
+    if name in ("PoolkitHybridRetriever", "PoolkitSparseEmbeddings"):  # also need faiss (and scipy)
+        from . import retrievers
+
+        return getattr(retrievers, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,11 +1,10 @@
 """Where the vectors and scores come from: an in-process ``poolkit.LLM`` or a ``poolkit serve`` URL.
 
 Both backends expose the same calls on plain Python values (``embed``/``aembed``,
-``score``/``ascore``, and ``prompt_source``/``aprompt_source`` for the model's
-Sentence-Transformers prompts), so the LangChain classes above them never see
-torch, the engine or HTTP. Async calls never block the event loop: the
-in-process engine runs in a worker thread, the server is reached with
-``httpx.AsyncClient``.
+``embed_sparse``/``aembed_sparse``, ``score``/``ascore``, and ``prompt_source``/``aprompt_source``
+for the model's Sentence-Transformers prompts), so the LangChain classes above them never see torch,
+the engine or HTTP. Async calls never block the event loop: the in-process engine runs in a worker
+thread, the server is reached with ``httpx.AsyncClient``.
 """
 
 from __future__ import annotations
@@ -51,6 +50,25 @@ class Embedded(NamedTuple):
 
     vectors: list[list[float]]
     truncated: int
+
+
+class SparseVector(NamedTuple):
+    """One text's sparse (SPLADE) embedding: active dimensions (token ids, ascending) and their weights.
+
+    ``dim`` is the vocabulary size when the source says it (the in-process engine does;
+    TEI's ``/embed_sparse`` answer does not, so it is ``None`` from a server).
+    """
+
+    indices: list[int]
+    values: list[float]
+    dim: int | None
+
+
+def _not_sparse(name: str, outputs: Any) -> ValueError:
+    return ValueError(
+        f"Model {name!r} gives no sparse embeddings (its outputs: {', '.join(outputs) or 'dense'}): "
+        "use a sparse (SPLADE / BGE-M3) model, e.g. a sentence-transformers SparseEncoder checkpoint"
+    )
 
 
 # -- in-process -------------------------------------------------------------
@@ -139,6 +157,31 @@ class LocalBackend:
     async def aembed(self, texts: list[str], options: EmbedOptions) -> Embedded:
         return await asyncio.to_thread(self.embed, texts, options)
 
+    def embed_sparse(self, texts: list[str], *, truncate_prompt_tokens: int | None = -1,
+                     prompt_name: str | None = None) -> list[SparseVector]:
+        """Sparse embeddings of ``texts``: ``LLM.embed`` asking for the model's sparse output.
+
+        A model with several outputs (BGE-M3: dense first) is asked for ``output="sparse"`` explicitly.
+        """
+        if not texts:
+            return []
+        from poolkit import PoolingParams
+
+        supported = self.llm.model_config.outputs
+        if "sparse" not in supported:
+            raise _not_sparse(self.model_name, supported)
+        params = PoolingParams(output="sparse")
+        with self.lock:
+            outputs = self.llm.embed(texts, pooling_params=params, truncate_prompt_tokens=truncate_prompt_tokens,
+                                     use_tqdm=False, prompt_name=prompt_name)
+        return [SparseVector(o.outputs.indices.tolist(), o.outputs.values.tolist(), int(o.outputs.dim))
+                for o in outputs]
+
+    async def aembed_sparse(self, texts: list[str], *, truncate_prompt_tokens: int | None = -1,
+                            prompt_name: str | None = None) -> list[SparseVector]:
+        return await asyncio.to_thread(self.embed_sparse, texts, truncate_prompt_tokens=truncate_prompt_tokens,
+                                       prompt_name=prompt_name)
+
     def score(self, query: str, documents: list[str], *, truncate_prompt_tokens: int | None,
               dimensions: int | None = None) -> list[float]:
         """One relevance score per document: ``LLM.score`` (cross-encoder pair score, or cosine;
@@ -182,6 +225,7 @@ _RETRY_STATUS = frozenset({429, 502, 503, 504})
 MODELS_PATH = "/v1/models"
 EMBEDDINGS_PATH = "/v1/embeddings"
 RERANK_PATH = "/rerank"
+EMBED_SPARSE_PATH = "/embed_sparse"
 
 
 def _error_from_response(response: httpx.Response, url: str) -> PoolkitServerError:
@@ -459,6 +503,47 @@ class RemoteBackend:
                 f"poolkit server returned {sum(s is not None for s in scores)} scores for {n} documents"
             )
         return scores  # type: ignore[return-value]
+
+    @staticmethod
+    def _embed_sparse_body(texts: list[str], truncate_prompt_tokens: int | None,
+                           prompt_name: str | None) -> dict[str, Any]:
+        """TEI's ``/embed_sparse`` body: ``truncate`` is a bool (cut at the model's limit or not)."""
+        if truncate_prompt_tokens not in (None, -1):
+            raise ValueError(
+                f"truncate_prompt_tokens={truncate_prompt_tokens}: the server's /embed_sparse (TEI's API) can only "
+                "cut inputs at the model's limit; use -1 (cut there) or None (over-long inputs are an error)"
+            )
+        body: dict[str, Any] = {"inputs": texts, "truncate": truncate_prompt_tokens is not None}
+        if prompt_name is not None:
+            body["prompt_name"] = prompt_name
+        return body
+
+    @staticmethod
+    def _parse_sparse(payload: Any, n: int) -> list[SparseVector]:
+        """TEI's ``[[{"index": int, "value": float}, ...], ...]``, one list per input in input order."""
+        if not isinstance(payload, list) or len(payload) != n:
+            got = len(payload) if isinstance(payload, list) else type(payload).__name__
+            raise PoolkitServerError(f"poolkit server returned {got} sparse embeddings for {n} inputs")
+        vectors = []
+        for item in payload:
+            pairs = sorted((int(entry["index"]), float(entry["value"])) for entry in item)
+            vectors.append(SparseVector([i for i, _ in pairs], [v for _, v in pairs], None))
+        return vectors
+
+    def embed_sparse(self, texts: list[str], *, truncate_prompt_tokens: int | None = -1,
+                     prompt_name: str | None = None) -> list[SparseVector]:
+        """``POST /embed_sparse`` (``dim`` is ``None``: TEI's answer does not carry the vocabulary size)."""
+        if not texts:
+            return []
+        body = self._embed_sparse_body(texts, truncate_prompt_tokens, prompt_name)
+        return self._parse_sparse(self._send("POST", EMBED_SPARSE_PATH, body), len(texts))
+
+    async def aembed_sparse(self, texts: list[str], *, truncate_prompt_tokens: int | None = -1,
+                            prompt_name: str | None = None) -> list[SparseVector]:
+        if not texts:
+            return []
+        body = self._embed_sparse_body(texts, truncate_prompt_tokens, prompt_name)
+        return self._parse_sparse(await self._asend("POST", EMBED_SPARSE_PATH, body), len(texts))
 
     def embed(self, texts: list[str], options: EmbedOptions, *, show_progress: bool = False) -> Embedded:
         """``POST /v1/embeddings`` (``show_progress`` is for the in-process engine; a server shows none)."""
