@@ -130,7 +130,8 @@ def embed_texts(
     if chunked:
         truncate_prompt_tokens = None  # chunking embeds whole texts; a limit here would win over it
     # The engine truncates Matryoshka vectors itself (and refuses for models without support).
-    params = PoolingParams(dimensions=dimension) if dimension < full else None
+    # dense vectors only: a sparse or multi-vector model is refused by the engine with its own message
+    params = PoolingParams(dimensions=dimension if dimension < full else None, output="dense")
     outputs = llm.embed(
         list(texts),
         pooling_params=params,

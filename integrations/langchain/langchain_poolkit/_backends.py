@@ -141,7 +141,8 @@ class LocalBackend:
         """Embeddings of ``texts``; the truncation count is the outputs' own ``truncated`` flags."""
         from poolkit import PoolingParams
 
-        params = PoolingParams(dimensions=options.dimensions) if options.dimensions is not None else None
+        # LangChain embeddings are dense vectors; a sparse or multi-vector model is refused with the engine's message
+        params = PoolingParams(dimensions=options.dimensions, output="dense")
         with self.lock:
             outputs = self.llm.embed(
                 texts,
@@ -464,7 +465,7 @@ class RemoteBackend:
             "prompt_name": options.prompt_name,
             "enable_chunked_processing": options.enable_chunked_processing,
         }
-        body: dict[str, Any] = {"input": texts, "encoding_format": "float"}
+        body: dict[str, Any] = {"input": texts, "encoding_format": "float", "output": "dense"}
         body.update({key: value for key, value in optional.items() if value is not None})
         return body
 
