@@ -160,9 +160,12 @@ def write_architecture(path: Path, architecture: str) -> None:
     (path / "config.json").write_text(json.dumps(config))
 
 
-def test_clip_is_refused_at_load(tmp_path: Path) -> None:
+def test_other_image_text_models_are_refused_at_load(tmp_path: Path) -> None:
+    """Two-tower CLIP/SigLIP models are served (tests/test_multimodal.py); other models with a vision tower
+    would run their text half only."""
     path = build_tiny_checkpoint(tmp_path, "clip")
-    with pytest.raises(ValueError, match="CLIPModel is a multimodal model"):
+    write_architecture(path, "CLIPTextModelWithProjection")
+    with pytest.raises(ValueError, match="CLIPTextModelWithProjection is a multimodal model"):
         LLM(str(path), dtype="float32")
 
 

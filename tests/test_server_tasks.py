@@ -5,6 +5,7 @@ and graceful shutdown."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
 import socket
@@ -433,9 +434,13 @@ def test_graceful_shutdown_drains_in_flight_requests(servers, enc_llm) -> None:
 
 
 def test_server_does_not_start_with_a_refused_model(tmp_path) -> None:
-    """A model refused at load (here CLIP, which needs images) stops the server before it reports healthy."""
+    """A model refused at load (here a CLIP config routed to its text half alone) stops the server before it
+    reports healthy."""
     path = build_tiny_checkpoint(tmp_path, "clip")
+    config = json.loads((path / "config.json").read_text())
+    config["architectures"] = ["CLIPTextModelWithProjection"]
+    (path / "config.json").write_text(json.dumps(config))
     result = subprocess.run([sys.executable, "-m", "poolkit.entrypoints.cli", "serve", str(path), "--port", "0"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
-    assert "CLIPModel is a multimodal model" in result.stderr
+    assert "CLIPTextModelWithProjection is a multimodal model" in result.stderr

@@ -47,7 +47,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .engine import LLM
-from .inputs import InputProcessor, TokenizedPrompt, normalize_prompts, slices
+from .inputs import IMAGE_PROMPT_SIZE, ImagePrompt, InputProcessor, TokenizedPrompt, normalize_prompts, slices
 from .outputs import RequestOutput
 from .params import HeadOptions
 from .settings import BatchingArgs
@@ -61,6 +61,8 @@ EXPRESS_CHARS = 32_768
 SLICE_CHARS = 131_072
 # What a token costs in characters, for estimates made before tokenizing (English-like text: ~4).
 CHARS_PER_TOKEN = 4
+# An image's share of a batch before it is preprocessed (a ViT-L/14 at 224 pixels has 257 positions).
+IMAGE_TOKENS_ESTIMATE = 257
 # A request still queued this many times max_queue_wait after it arrived is failed, not run.
 DEADLINE_FACTOR = 2.0
 
@@ -123,8 +125,10 @@ def count_chars(value: Any) -> int:
     """Characters in the texts of a request's arguments (token-id prompts count one per token)."""
     if isinstance(value, str):
         return len(value)
+    if isinstance(value, ImagePrompt):
+        return IMAGE_PROMPT_SIZE
     if isinstance(value, (list, tuple)):
-        return sum(count_chars(v) if isinstance(v, (str, list, tuple)) else 1 for v in value)
+        return sum(count_chars(v) if isinstance(v, (str, list, tuple, ImagePrompt)) else 1 for v in value)
     return 0
 
 
@@ -133,6 +137,8 @@ def estimate_tokens(value: Any, cap: int) -> int:
     (what truncation, or the length check, lets through)."""
     if isinstance(value, str):
         return min(len(value) // CHARS_PER_TOKEN + 2, cap)
+    if isinstance(value, ImagePrompt):
+        return min(IMAGE_TOKENS_ESTIMATE, cap)
     if isinstance(value, (list, tuple)):
         if value and all(isinstance(v, int) for v in value):
             return min(len(value), cap)

@@ -203,10 +203,18 @@ class ModelConfig:
     trust_remote_code: bool = False
     classifier_from_token: TokenClassifierSpec | None = None
     score_template: str | None = None  # "...{query}...{document}...": pairs become one templated text
+    # Two-tower image-text models (CLIP, SigLIP): the family, and the vision tower's tokens per image.
+    tower: str | None = None
+    image_tokens: int = 0
     # What ``embed`` can return; the first is the default (BGE-M3 offers all three from one forward pass).
     outputs: tuple[str, ...] = ("dense",)
     sparse: SparseSpec | None = None
     multi_vector: MultiVectorSpec | None = None
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The kinds of input the model embeds."""
+        return ("text", "image") if self.tower is not None else ("text",)
 
     @property
     def default_output(self) -> str:

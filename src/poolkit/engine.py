@@ -40,6 +40,7 @@ from .token_heads import (
     skiplist_ids,
     special_token_ids,
 )
+from .towers import TowerRunner
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class PoolingEngine:
     or the server's single model worker).
     """
 
-    def __init__(self, model_config: ModelConfig, runner: ModelRunner, pooler: Pooler,
+    def __init__(self, model_config: ModelConfig, runner: ModelRunner | TowerRunner, pooler: Pooler,
                  scheduler_config: SchedulerConfig) -> None:
         self.model_config = model_config
         self.runner = runner
@@ -134,17 +135,21 @@ def build_engine(model_config: ModelConfig, tokenizer: Any, args: EngineArgs) ->
     pooler = Pooler(model_config, dense=dense, score_head=score_head, sparse_head=sparse_head,
                     multi_vector_head=multi_vector_head).to(device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    runner = ModelRunner(
-        hf_model,
-        device,
-        dtype,
-        max_model_len=model_config.max_model_len,
-        pad_token_id=pad_id,
-        compile_model=resolve_compile(args.compile, device, dtype),
-        packing=args.packing,
-        cpu_prepack=args.cpu_prepack,
-    )
-    fit_position_offset(model_config, runner.position_offset, explicit=args.max_model_len is not None)
+    runner: ModelRunner | TowerRunner
+    if model_config.tower is not None:
+        runner = TowerRunner(hf_model, device, dtype, tokenizer, model_config, cpu_prepack=args.cpu_prepack)
+    else:
+        runner = ModelRunner(
+            hf_model,
+            device,
+            dtype,
+            max_model_len=model_config.max_model_len,
+            pad_token_id=pad_id,
+            compile_model=resolve_compile(args.compile, device, dtype),
+            packing=args.packing,
+            cpu_prepack=args.cpu_prepack,
+        )
+        fit_position_offset(model_config, runner.position_offset, explicit=args.max_model_len is not None)
     budget = args.max_num_batched_tokens
     if budget is None:
         budget = max(DEFAULT_BATCHED_TOKENS, model_config.max_model_len)
@@ -262,6 +267,8 @@ class LLM:
         self.model_config, tokenizer = load_model_config_and_tokenizer(self.args)
         self.engine = build_engine(self.model_config, tokenizer, self.args)
         self.tasks = Tasks(self.model_config, InputProcessor(tokenizer, self.model_config))
+        if "image" in self.model_config.modalities:
+            _ = self.tasks.processor.image_processor  # a missing image processor is a load error, not a request's
         self._request_ids = counter_ids()
         logger.info("Loaded %r", self)
 
@@ -280,6 +287,8 @@ class LLM:
         head = ""
         if mc.classifier_from_token is not None:
             head = f"classifier_from_token={mc.classifier_from_token.tokens} ({mc.classifier_from_token.method}), "
+        if mc.tower is not None:
+            head += f"modalities={list(mc.modalities)}, "
         if mc.outputs != ("dense",):
             head += f"outputs={list(mc.outputs)}, "
             if mc.sparse is not None:

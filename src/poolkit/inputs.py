@@ -11,17 +11,36 @@ never reconfigures the tokenizer (it is shared by concurrent requests).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Literal, Union
 
+import numpy as np
+
 from .config import ModelConfig
 from .params import check_truncate_prompt_tokens
 
-Prompt = Union[str, Sequence[int]]
+
+@dataclass(eq=False)
+class ImagePrompt:
+    """An image to embed (vLLM's ``{"multi_modal_data": {"image": ...}}``): a ``PIL.Image``, a NumPy array,
+    encoded bytes, or a file path (``str`` or ``Path``)."""
+
+    image: Any
+
+    def __repr__(self) -> str:
+        size = getattr(self.image, "size", None) or getattr(self.image, "shape", None)
+        return f"ImagePrompt({type(self.image).__name__}{f' {size}' if size else ''})"
+
+
+Prompt = Union[str, Sequence[int], ImagePrompt]
 TruncationSide = Literal["left", "right"]
 TRUNCATION_SIDES = ("left", "right")
+# What an image counts for when slicing a large input: preprocessing one (decode, resize, normalize) costs about
+# as much as tokenizing this many characters, so large image inputs are prepared in slices of tens of images
+# that overlap the model's work on the previous slice.
+IMAGE_PROMPT_SIZE = 16_384
 
 
 @dataclass
@@ -37,41 +56,72 @@ class TokenizedPrompt:
     token_type_ids: list[int] | None = None
     num_input_tokens: int = -1
     pool_start: int = 0
+    # An image instead of text: the image processor's arrays (batch dimension 1) and what it costs a batch
+    # (the vision tower's tokens: patches + class token).
+    image: dict[str, np.ndarray] | None = None
+    image_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.num_input_tokens < 0:
             self.num_input_tokens = len(self.input_ids)
 
     def __len__(self) -> int:
-        return len(self.input_ids)
+        return len(self.input_ids) + self.image_tokens
 
 
 def is_token_ids(prompt: Any) -> bool:
     return isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
 
 
-def normalize_prompts(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
-    """One prompt or a list of prompts → a list (a flat list of ints is one prompt)."""
-    if isinstance(prompts, str):
-        return [prompts]
+def prompt_from_dict(prompt: Mapping[str, Any], index: int) -> Prompt:
+    """vLLM's prompt dicts: ``{"prompt": text}``, ``{"prompt_token_ids": ids}`` or
+    ``{"multi_modal_data": {"image": image}}`` (an empty ``"prompt"`` beside it is allowed)."""
+    unknown = set(prompt) - {"prompt", "prompt_token_ids", "multi_modal_data"}
+    if unknown:
+        raise ValueError(f"Prompt {index} has unknown key(s) {', '.join(sorted(unknown))}; a prompt dict takes "
+                         "prompt, prompt_token_ids or multi_modal_data")
+    media = prompt.get("multi_modal_data")
+    if media is not None:
+        if not isinstance(media, Mapping) or set(media) != {"image"}:
+            kinds = ", ".join(sorted(media)) if isinstance(media, Mapping) else type(media).__name__
+            raise ValueError(f"Prompt {index}: multi_modal_data takes one image ({{'image': ...}}), got {kinds}")
+        if prompt.get("prompt") or prompt.get("prompt_token_ids"):
+            raise ValueError(f"Prompt {index} has both text and an image: two-tower models (CLIP, SigLIP) embed "
+                             "one or the other; send them as separate prompts")
+        return ImagePrompt(media["image"])
+    if "prompt" in prompt and isinstance(prompt["prompt"], str):
+        return prompt["prompt"]
+    if "prompt_token_ids" in prompt and is_token_ids(prompt["prompt_token_ids"]):
+        return list(prompt["prompt_token_ids"])
+    raise TypeError(f"Prompt {index}: a prompt dict needs a text 'prompt', 'prompt_token_ids' or 'multi_modal_data'")
+
+
+def normalize_prompts(prompts: Any) -> list[Prompt]:
+    """One prompt or a list of prompts → a list (a flat list of ints is one prompt; dicts as vLLM's)."""
+    if isinstance(prompts, (str, Mapping, ImagePrompt)):
+        prompts = [prompts]
     if isinstance(prompts, (list, tuple)):
         if prompts and is_token_ids(prompts):
             return [list(prompts)]
         out: list[Prompt] = []
         for index, prompt in enumerate(prompts):
-            if isinstance(prompt, str):
+            if isinstance(prompt, (str, ImagePrompt)):
                 out.append(prompt)
             elif is_token_ids(prompt):
                 out.append(list(prompt))
+            elif isinstance(prompt, Mapping):
+                out.append(prompt_from_dict(prompt, index))
             else:
-                raise TypeError(f"Prompt {index} must be a string or a list of token ids, got {type(prompt).__name__}")
+                raise TypeError(f"Prompt {index} must be a string, a list of token ids or a prompt dict, got "
+                                f"{type(prompt).__name__}")
         return out
-    raise TypeError(f"Prompts must be a string, a list of token ids, or a list of those; got {type(prompts).__name__}")
+    raise TypeError(f"Prompts must be a string, a list of token ids, a prompt dict, or a list of those; got "
+                    f"{type(prompts).__name__}")
 
 
 def prompt_size(prompt: Prompt) -> int:
-    """A prompt's size before tokenizing: characters of a text, or the number of token ids."""
-    return len(prompt)
+    """A prompt's size before tokenizing: characters of a text, the number of token ids, or an image's share."""
+    return IMAGE_PROMPT_SIZE if isinstance(prompt, ImagePrompt) else len(prompt)
 
 
 def slices(prompts: Sequence[Prompt], max_items: int, max_chars: int) -> list[tuple[int, int]]:
@@ -99,6 +149,33 @@ class InputProcessor:
         self.model_config = model_config
         self.max_model_len = model_config.max_model_len
         self.vocab_size = len(tokenizer)
+
+    @cached_property
+    def image_processor(self) -> Any:
+        """The model's transformers image processor (loaded on first use; ``None`` for text-only models)."""
+        if "image" not in self.model_config.modalities:
+            return None
+        from .loader import load_image_processor
+
+        return load_image_processor(self.model_config.model_path, self.model_config.trust_remote_code)
+
+    def encode_image(self, prompt: ImagePrompt, index: int) -> TokenizedPrompt:
+        """An image, loaded (see :mod:`poolkit.media`) and preprocessed for the vision tower."""
+        if self.image_processor is None:
+            raise ValueError(f'Prompt {index} is an image; model "{self.model_config.served_model_name}" takes '
+                             "text only")
+        from .media import MediaError, load_image
+
+        source = prompt.image
+        # offline, a string is a file path, unless it is a URL (data:, http(s)://, file://)
+        is_url = isinstance(source, str) and source.startswith(("data:", "http://", "https://", "file://"))
+        try:
+            image = load_image(source, path_is_explicit=not is_url)
+        except MediaError as exc:
+            raise ValueError(f"Prompt {index}: {exc}") from None
+        arrays = self.image_processor(images=image, return_tensors="np")
+        return TokenizedPrompt([], image={k: np.asarray(v) for k, v in arrays.items()},
+                               image_tokens=self.model_config.image_tokens)
 
     def resolve_truncation(self, truncate_prompt_tokens: int | None) -> int | None:
         """The token limit a prompt is cut to (``None``: never cut); ``ValueError`` for a bad value."""
@@ -206,7 +283,9 @@ class InputProcessor:
                 for (i, _), ids in zip(too_long, enc["input_ids"]):
                     out[i] = TokenizedPrompt(list(ids), num_input_tokens=len(out[i]))  # type: ignore[arg-type]
         for i, prompt in enumerate(prompts):
-            if not isinstance(prompt, str):
+            if isinstance(prompt, ImagePrompt):
+                out[i] = self.encode_image(prompt, first_index + i)
+            elif not isinstance(prompt, str):
                 ids = list(prompt)
                 bad = [t for t in ids if t < 0 or t >= self.vocab_size]
                 if bad:
@@ -285,6 +364,8 @@ class InputProcessor:
 
     def check(self, prompts: Sequence[TokenizedPrompt], first_index: int = 0, max_len: int | None = None) -> None:
         for index, prompt in enumerate(prompts, start=first_index):
+            if prompt.image is not None:
+                continue  # an image's size is the processor's, whatever the text limit
             if len(prompt) == 0:
                 raise ValueError(f"Prompt {index} is empty: it has no tokens to pool")
             if max_len is not None and max_len != self.max_model_len:

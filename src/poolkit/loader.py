@@ -98,11 +98,10 @@ _ST_UNSUPPORTED_MODES = ("pooling_mode_max_tokens", "pooling_mode_mean_sqrt_len_
 # Sentence-Transformers modules this engine reproduces (Dropout is the identity at inference); the last three
 # are SparseEncoder's (SPLADE) and MultiVectorEncoder's (ColBERT-style) own.
 SUPPORTED_ST_MODULES = ("Transformer", "Pooling", "Dense", "Normalize", "Dropout", "MLMTransformer", "SpladePooling",
-                        "MultiVectorMask")
+                        "MultiVectorMask", "CLIPModel")
 # Modules we recognise but do not serve: say what they are instead of dropping them.
 _ST_MODULE_HINTS = {
     "SparseStaticEmbedding": "an inference-free sparse encoder (a per-token weight table, usually behind a Router)",
-    "CLIPModel": "an image and text (CLIP) model",
     "StaticEmbedding": "a static (Model2Vec-style) embedding table, not a transformer",
     "Router": "an asymmetric model that routes queries and documents through different modules",
 }
@@ -143,7 +142,9 @@ def read_sentence_transformers(files: CheckpointFiles) -> dict[str, Any]:
         path = module.get("path", "")
         cfg = files.json(f"{path}/config.json" if path else "sentence_bert_config.json") or {}
         on_tokens = cfg.get("module_input_name") == "token_embeddings"
-        if kind in ("Transformer", "MLMTransformer"):
+        if kind == "CLIPModel":
+            found["two_tower"] = True
+        if kind in ("Transformer", "MLMTransformer", "CLIPModel"):
             transformer_cfg = files.json(f"{path}/sentence_bert_config.json" if path else "sentence_bert_config.json") or {}
             set_keys = [k for k in _UNSUPPORTED_TRANSFORMER_KEYS if transformer_cfg.get(k) is not None]
             if set_keys:
@@ -230,7 +231,7 @@ def resolve_outputs(st: dict[str, Any], files: CheckpointFiles, hf_config: Any, 
     or all three (BGE-M3, dense by default)."""
     if task not in ("embed", "encode"):
         return ("dense",), None, None
-    vocab_size = int(hf_config.vocab_size)
+    vocab_size = int(getattr(hf_config, "vocab_size", 0) or 0)
     if "sparse" in st:
         cfg = st["sparse"]
         strategy, activation = cfg.get("pooling_strategy", "max"), cfg.get("activation_function", "relu")
@@ -290,13 +291,20 @@ def build_model_config(
     files = CheckpointFiles(model_path)
     hf_config = load_hf_config(model_path, hf_overrides, trust_remote_code)
     architecture = (getattr(hf_config, "architectures", None) or [type(hf_config).__name__])[0]
-    check_text_only(hf_config, architecture)
+    tower = TWO_TOWER_ARCHITECTURES.get(architecture)
+    if tower is None:
+        check_text_only(hf_config, architecture)
+    elif task not in ("auto", "embed"):
+        raise ValueError(f"{architecture} is a two-tower image-text model: its task is embed, not {task!r}")
     token_classifier = resolve_token_classifier(hf_config, architecture)
     num_labels = int(getattr(hf_config, "num_labels", 0) or 0)
     problem_type = getattr(hf_config, "problem_type", None)
     resolved_task = resolve_task(task, architecture, num_labels, problem_type)
 
     st = read_sentence_transformers(files) if resolved_task in ("embed", "encode") else {}
+    if st.get("two_tower") and tower is None:
+        raise ValueError(f"modules.json has a Sentence-Transformers CLIPModel module, but {architecture} is not a "
+                         f"two-tower image-text model (supported: {', '.join(TWO_TOWER_ARCHITECTURES)})")
     layers: dict[str, PoolerConfig] = {"task": TASK_DEFAULT_POOLERS[resolved_task]}
     head: Literal["none", "sequence", "decoder_score", "token", "masked_lm"] = "none"
     if resolved_task in ("classify", "score"):
@@ -326,10 +334,15 @@ def build_model_config(
     if score_template is not None:
         check_score_template(score_template, resolved_task)
 
-    natural_limit = resolve_max_model_len(hf_config, max_model_len, st.get("max_seq_length"), tokenizer_max_length)
+    text_config = hf_config.text_config if tower is not None else hf_config
+    natural_limit = resolve_max_model_len(text_config, max_model_len, st.get("max_seq_length"), tokenizer_max_length)
     dims = getattr(hf_config, "matryoshka_dimensions", None)
     is_matryoshka = bool(getattr(hf_config, "is_matryoshka", False) or dims)
-    hidden_size = int(getattr(hf_config, "hidden_size", 0) or getattr(hf_config, "d_model", 0) or 0)
+    if tower is not None:  # the shared space: CLIP's projection, SigLIP's text head
+        hidden_size = int(getattr(hf_config, "projection_dim", 0) or getattr(text_config, "projection_size", 0)
+                          or text_config.hidden_size)
+    else:
+        hidden_size = int(getattr(hf_config, "hidden_size", 0) or getattr(hf_config, "d_model", 0) or 0)
     dense: list[DenseSpec] = st.get("dense", [])
     id2label = {int(k): v for k, v in (getattr(hf_config, "id2label", None) or {}).items()}
     return ModelConfig(
@@ -364,6 +377,8 @@ def build_model_config(
         outputs=outputs,
         sparse=sparse,
         multi_vector=multi_vector,
+        tower=tower,
+        image_tokens=vision_tokens(hf_config.vision_config) if tower is not None else 0,
     )
 
 
@@ -419,8 +434,36 @@ def check_score_template(template: str, task: str) -> None:
         raise ValueError("score_template must contain {query} and {document} once each")
 
 
+# Two-tower image-text models: each tower pools (and projects) inside the model, one vector per input.
+TWO_TOWER_ARCHITECTURES = {"CLIPModel": "clip", "SiglipModel": "siglip", "Siglip2Model": "siglip"}
+
+
+def vision_tokens(vision_config: Any) -> int:
+    """The vision tower's sequence length per image (patches + class token): an image's share of a batch."""
+    patches = getattr(vision_config, "num_patches", None)
+    if patches is None:
+        patches = (int(vision_config.image_size) // int(vision_config.patch_size)) ** 2
+    return int(patches) + 1
+
+
+def load_image_processor(model_path: str, trust_remote_code: bool) -> Any:
+    """The checkpoint's transformers image processor (its own file, or the one inside a saved processor)."""
+    from transformers import AutoImageProcessor, AutoProcessor
+
+    try:
+        return AutoImageProcessor.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as first:
+        try:
+            return AutoProcessor.from_pretrained(model_path, trust_remote_code=trust_remote_code).image_processor
+        except (OSError, ValueError, AttributeError):
+            raise ValueError(f"{model_path} has no image processor (preprocessor_config.json or "
+                             f"processor_config.json): {first}") from None
+
+
 def architecture_default_pooler(hf_config: Any, architecture: str, task: str) -> PoolerConfig | None:
     """The architecture's own pooling default (the layer between the task's default and the ST files)."""
+    if architecture in TWO_TOWER_ARCHITECTURES:
+        return PoolerConfig(pooling_type="CLS")  # the towers' runner returns the pooled vector as the only row
     if task == "embed" and hf_config.model_type in ENCODER_ONLY_CLASSES:
         return PoolerConfig(pooling_type="MEAN")  # sentence-t5 and gtr-t5 pool by mean
     if task in ("embed", "classify", "score") and is_encoder_only(hf_config):

@@ -26,7 +26,8 @@ Kind = Literal[
     "reward",            # LlamaForTokenClassification, 2 labels (per-token rewards)
     "t5-encoder",        # T5EncoderModel (sentence-t5 / gtr-t5 style; add ST files for mean + Dense)
     "llm-reranker",      # Qwen3ForCausalLM whose LM head answers "yes"/"no" (Qwen3-Reranker style)
-    "clip",              # CLIPModel (text and image towers): not servable as a text model
+    "clip",              # CLIPModel (text and image towers, 32x32 images in 8x8 patches) with its image processor
+    "siglip",            # SiglipModel (texts padded to 64 tokens, as its processor does) with its image processor
 ]
 
 SAMPLE_TEXTS = [
@@ -164,6 +165,13 @@ def build_tiny_checkpoint(path: str | Path, kind: Kind, *, seed: int = 0, paddin
                 vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                                "num_attention_heads": 4, "image_size": 32, "patch_size": 8},
                 projection_dim=16))
+        elif kind == "siglip":
+            model = tf.SiglipModel(tf.SiglipConfig(
+                text_config={"vocab_size": vocab, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                             "num_attention_heads": 4, "max_position_embeddings": 64,
+                             "pad_token_id": tokenizer.pad_token_id},
+                vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                               "num_attention_heads": 4, "image_size": 32, "patch_size": 8}))
         else:
             raise ValueError(f"Unknown checkpoint kind {kind!r}")
     # Random init leaves tiny weights; scale the head up so activations are not all ~0.5.
@@ -175,6 +183,10 @@ def build_tiny_checkpoint(path: str | Path, kind: Kind, *, seed: int = 0, paddin
     tokenizer.padding_side = padding_side
     tokenizer.init_kwargs["padding_side"] = padding_side  # what save_pretrained persists
     tokenizer.save_pretrained(str(path))
+    if kind == "clip":
+        tf.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    elif kind == "siglip":
+        tf.SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
     return path
 
 

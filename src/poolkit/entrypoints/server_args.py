@@ -42,14 +42,25 @@ class ServerArgs(BatchingArgs):
         None, help="accepted Host header values: a name (any port, e.g. api.example.com localhost), host:port, "
                    "*.example.com (subdomains) or *; other hosts get 400 on every route but /health (probes use "
                    "IP addresses). None: any", parse=parse_names, nargs="+", metavar="HOST")
+    allowed_local_media_path: str | None = setting(
+        None, help="a local folder whose images requests may name in image_url (file:// URLs or absolute paths "
+                   "under it, symlinks resolved), as vLLM's flag; None: no local files")
+    allowed_media_domains: list[str] | None = setting(
+        None, help="host names http(s) image_url downloads (and their redirects) may name, as vLLM's flag; "
+                   "None: any", parse=parse_names, nargs="+", metavar="HOST")
+    media_fetch_timeout: float = setting(10.0, help="seconds an image_url has to download over http(s)")
+    max_image_bytes: int = setting(20 << 20, help="largest image accepted in image_url (downloaded, decoded from "
+                                                  "a data: URI or read from a file)")
+    max_image_pixels: int = setting(50_000_000, help="most pixels (width x height) an image may have, checked "
+                                                     "before it is decoded")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("shutdown_timeout", "header_timeout", "body_timeout"):
+        for name in ("shutdown_timeout", "header_timeout", "body_timeout", "media_fetch_timeout"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         for name in ("max_request_bytes", "max_request_chars", "max_connections", "max_inputs_per_request",
-                     "max_input_chars"):
+                     "max_input_chars", "max_image_bytes", "max_image_pixels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         for pattern in self.allowed_hosts or ():

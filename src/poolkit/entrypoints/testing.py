@@ -149,16 +149,16 @@ class WorkerGate:
 
 
 @contextlib.asynccontextmanager
-async def serving(llm: Any, **engine_options: Any) -> AsyncIterator[tuple[Any, Any]]:
-    """The app in-process over ``llm``: ``(engine, client)``, an httpx client on the ASGI transport; the
-    engine is closed afterwards."""
+async def serving(llm: Any, settings: Any = None, **engine_options: Any) -> AsyncIterator[tuple[Any, Any]]:
+    """The app in-process over ``llm`` (``settings``: its ``ServerArgs``): ``(engine, client)``, an httpx client
+    on the ASGI transport; the engine is closed afterwards."""
     import httpx
 
     from ..async_engine import AsyncPoolingEngine
     from .server import build_app
 
     engine = AsyncPoolingEngine(llm, **engine_options)
-    app = build_app(engine)
+    app = build_app(engine, settings)
     engine.start()
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:

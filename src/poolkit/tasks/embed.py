@@ -68,7 +68,7 @@ class EmbedTask(Task):
         text = resolve_prompt(self.model_config, prompt, prompt_name)
         if text is None:
             return None, items
-        token_ids = [i for i, item in enumerate(items) if not isinstance(item, str)]
+        token_ids = [i for i, item in enumerate(items) if isinstance(item, list)]
         if token_ids and (prompt is not None or prompt_name is not None):
             raise ValueError(f"Prompt {first_index + token_ids[0]} is a list of token ids; prompt and "
                              "prompt_name apply to text inputs only (put the prompt's tokens in it yourself)")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..inputs import Prompt, normalize_prompts
+from ..inputs import ImagePrompt, Prompt, normalize_prompts
 from ..outputs import ScoringOutput, ScoringRequestOutput
 from ..params import PoolingParams
 from .base import PreparedRequest, RequestIds, Task
@@ -27,6 +27,8 @@ from .embed import EmbedTask
 
 def prompt_key(prompt: Prompt) -> object:
     """A hashable identity for a prompt (deduplicates the texts of 1:N scoring)."""
+    if isinstance(prompt, ImagePrompt):
+        return ("image", id(prompt))
     return prompt if isinstance(prompt, str) else tuple(prompt)
 
 

@@ -189,6 +189,17 @@ def _publish_model_options(schemas: dict[str, Any], context: ServerContext) -> N
         options[request, "output"] = outputs if by_cosine else None
         if by_cosine:
             options[request, "activation"] = None
+    if "image" not in mc.modalities:
+        options["EmbeddingRequest", "messages"] = None  # text models take `input`, which is then required
+        if "EmbeddingRequest" in schemas:
+            schemas["EmbeddingRequest"].setdefault("required", []).append("input")
+            prop = schemas["EmbeddingRequest"]["properties"]["input"]
+            prop["anyOf"] = [a for a in prop["anyOf"] if a != {"type": "null"}]
+            prop.pop("default", None)
+    elif "EmbeddingRequest" in schemas:  # exactly one of input and messages
+        schemas["EmbeddingRequest"].setdefault("allOf", []).append({"oneOf": [
+            {"required": ["input"], "properties": {"messages": {"type": "null"}}},
+            {"required": ["messages"], "properties": {"input": {"type": "null"}}}]})
     for (name, field), accepted in options.items():
         if name in schemas:
             _accept(schemas[name]["properties"][field], accepted)

@@ -10,12 +10,14 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
 from ...async_engine import AsyncPoolingEngine
 from ...config import ModelConfig
+from ...media import MediaLimits
 from ...outputs import RequestOutput
 from ..server_args import ServerArgs
 from .errors import APIError, engine_errors
@@ -40,6 +42,13 @@ class ServerContext:
         self.served_names = list(engine.llm.args.served_model_name or [self.model_config.served_model_name])
         self.created = int(time.time())
         self.shutdown = Shutdown()  # expired by the server once shutdown_timeout has passed after SIGTERM
+        self.media_limits = MediaLimits(
+            max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,
+            timeout=settings.media_fetch_timeout,
+            allowed_media_domains=frozenset(settings.allowed_media_domains) if settings.allowed_media_domains
+            else None,
+            allowed_local_media_path=Path(settings.allowed_local_media_path) if settings.allowed_local_media_path
+            else None)
 
     @property
     def supported_methods(self) -> frozenset[str]:

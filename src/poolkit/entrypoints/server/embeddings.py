@@ -11,6 +11,7 @@ from ...outputs import SparseEmbeddingOutput
 from ...params import PoolingParams
 from .context import Context
 from .errors import API_ERRORS, APIError
+from .messages import conversation_prompts
 from .protocol import EmbeddingData, EmbeddingRequest, EmbeddingResponse, SparseEmbedding
 from .responses import EncodingFormat, ModelResponse, encode_array
 
@@ -20,7 +21,12 @@ router = APIRouter(tags=["Embeddings"], responses=API_ERRORS)
 @router.post("/v1/embeddings", response_model=EmbeddingResponse, summary="Embed texts or token ids")
 async def create_embeddings(request: EmbeddingRequest, ctx: Context) -> ModelResponse:
     model = ctx.check_model(request.model)
-    prompts = ctx.prompts(request.input)
+    if (request.input is None) == (request.messages is None):
+        raise APIError(400, "Send either 'input' or 'messages' (chat-style, for image-text models), not both")
+    if request.input is not None:
+        prompts = ctx.prompts(request.input)
+    else:
+        prompts = await conversation_prompts(ctx, request.messages)  # type: ignore[arg-type]
     params = PoolingParams(dimensions=request.dimensions, normalize=request.normalize, output=request.output,
                            max_active_dims=request.max_active_dims)
     if request.encoding_format == "base64" and (request.output or ctx.model_config.default_output) == "sparse":

@@ -257,6 +257,34 @@ _CHUNKED = Field(
     "per input only.")
 
 
+class ChatTextPart(OpenAIBaseModel):
+    type: Literal["text"]
+    text: InputText
+
+
+class ImageURL(OpenAIBaseModel):
+    url: Annotated[StrictStr, _documents(minLength=1)] = Field(
+        ..., description="A data: URI (base64 image), an http(s) URL, or a local file (file:// URL or absolute "
+        "path) under the server's --allowed-local-media-path.")
+    detail: Optional[str] = Field(None, description="OpenAI's field; accepted and ignored.")
+
+
+class ChatImagePart(OpenAIBaseModel):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+ChatContentPart = Annotated[Union[ChatTextPart, ChatImagePart], Field(discriminator="type")]
+
+
+class ChatMessage(OpenAIBaseModel):
+    role: Literal["system", "user", "assistant"] = "user"
+    content: Union[InputText, Annotated[list[ChatContentPart], _documents(minItems=1)]]
+
+
+Conversation = Annotated[list[ChatMessage], _documents(minItems=1)]
+
+
 class EmbeddingRequest(OpenAIBaseModel):
     # Rules across fields, written without "not" (which schemathesis' coverage phase cannot generate around):
     # prompt and prompt_name exclude each other, and a prompt text goes with text inputs only (app.py adds the
@@ -269,7 +297,13 @@ class EmbeddingRequest(OpenAIBaseModel):
     ]})
 
     model: Optional[str] = _MODEL
-    input: PromptInput = _INPUT
+    input: Optional[PromptInput] = Field(None, description=_INPUT.description + " Required unless `messages` "
+                                                                                "is given (image-text models).")
+    messages: Optional[Union[Conversation, Annotated[list[Conversation], _documents(
+        minItems=1, **_limits(maxItems="max_inputs_per_request"))]]] = Field(
+        None, description="Extension (vLLM), for image-text models (CLIP, SigLIP): chat-style input instead of "
+        "`input`: a conversation, or a list of conversations (a batch); one embedding per conversation, of its "
+        "one text or one image (`image_url` part).")
     encoding_format: Literal["float", "base64"] = Field(
         "float", description="`float`: arrays of numbers; `base64`: each embedding as little-endian float32 bytes, "
         "base64-encoded (the openai client's default)."
@@ -609,6 +643,8 @@ class ModelCard(OpenAIBaseModel):
     prompts: dict[str, str] = Field(default_factory=dict,
                                     description="Extension: the model's Sentence-Transformers prompts by name.")
     default_prompt_name: Optional[str] = Field(None, description="Extension: the prompt applied by default.")
+    modalities: list[str] = Field(default_factory=lambda: ["text"], description="Extension: the kinds of input the "
+                                  "model embeds (text; image for CLIP/SigLIP, sent as `messages`).")
     outputs: list[str] = Field(default_factory=lambda: ["dense"], description="Extension: the kinds of embeddings "
                                "the model returns (dense, sparse, multi_vector), its default first.")
 

@@ -38,6 +38,6 @@ async def list_models(ctx: Context) -> ModelResponse:
     mc = ctx.model_config
     cards = [ModelCard(id=name, created=ctx.created, root=mc.model, max_model_len=mc.max_model_len,
                        task=mc.task, prompts=mc.prompts, default_prompt_name=mc.default_prompt_name,
-                       outputs=list(mc.outputs))
+                       modalities=list(mc.modalities), outputs=list(mc.outputs))
              for name in ctx.served_names]
     return ModelResponse(ModelList(data=cards))
