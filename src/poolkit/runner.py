@@ -107,7 +107,8 @@ _FUSABLE_GELU = {"GELUActivation": "none", "NewGELUActivation": "tanh", "Pytorch
 
 
 class PrepackedLinear(nn.Module):
-    """``nn.Linear`` with its weight pre-packed for oneDNN, bias (and optionally GELU) fused.
+    """``nn.Linear`` with its weight pre-packed for oneDNN, bias (and optionally GELU, or another oneDNN
+    post-op named by ``activation``, e.g. ``swish``) fused.
 
     Eager ``F.linear`` on CPU copies the broadcast bias into the output before
     the matmul and runs GELU as a separate pass; in bf16 those two cost more
@@ -115,12 +116,13 @@ class PrepackedLinear(nn.Module):
     pass selects, without the compile.
     """
 
-    def __init__(self, linear: nn.Linear, gelu: str | None = None, batch_hint: int = 4096) -> None:
+    def __init__(self, linear: nn.Linear, gelu: str | None = None, batch_hint: int = 4096,
+                 activation: str | None = None) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), batch_hint)
         self.bias = None if linear.bias is None else linear.bias.detach()
-        self.attr = "none" if gelu is None else "gelu"
+        self.attr = activation or ("none" if gelu is None else "gelu")
         self.algorithm = gelu or ""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -141,8 +143,42 @@ def _attributes_read(module_type: type[nn.Module]) -> frozenset[str]:
     return frozenset(re.findall(r"self\.(\w+)\.\w+", source))
 
 
+# QuickGELU (CLIP): x * sigmoid(1.702 x) = silu(1.702 x) / 1.702, so fc1's weights times 1.702 with a fused swish,
+# and fc2's divided by 1.702, compute the same MLP without the two elementwise passes.
+QUICK_GELU_SCALE = 1.702
+
+
+def _scaled(linear: nn.Linear, factor: float, bias: bool) -> nn.Linear:
+    scaled = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                       dtype=linear.weight.dtype, device=linear.weight.device)
+    with torch.no_grad():
+        scaled.weight.copy_(linear.weight.float() * factor)
+        if linear.bias is not None:
+            scaled.bias.copy_(linear.bias.float() * factor if bias else linear.bias)
+    return scaled
+
+
+def fuse_mlp_activation(module: nn.Module) -> bool:
+    """CLIP-style MLPs (``fc1`` → ``activation_fn`` → ``fc2``): fold a GELU or QuickGELU into ``fc1``'s kernel."""
+    fc1, fc2, act = getattr(module, "fc1", None), getattr(module, "fc2", None), getattr(module, "activation_fn", None)
+    if type(fc1) is not nn.Linear or type(fc2) is not nn.Linear or act is None:
+        return False
+    name = type(act).__name__
+    if name == "QuickGELUActivation":
+        module.fc1 = PrepackedLinear(_scaled(fc1, QUICK_GELU_SCALE, bias=True), activation="swish")
+        module.fc2 = PrepackedLinear(_scaled(fc2, 1 / QUICK_GELU_SCALE, bias=False))
+    elif name in _FUSABLE_GELU:
+        module.fc1 = PrepackedLinear(fc1, gelu=_FUSABLE_GELU[name])
+        module.fc2 = PrepackedLinear(fc2)
+    else:
+        return False
+    module.activation_fn = nn.Identity()
+    return True
+
+
 def prepack_cpu_linears(model: nn.Module) -> int:
-    """Swap every ``nn.Linear`` for a :class:`PrepackedLinear`, fusing BERT-style ``dense`` + GELU.
+    """Swap every ``nn.Linear`` for a :class:`PrepackedLinear`, fusing BERT-style ``dense`` + GELU and CLIP-style
+    ``fc1`` + (Quick)GELU.
 
     A linear whose parent's code reads its attributes (not just calls it) keeps its type, so the
     model's code runs unchanged. Returns the number of layers packed (0 where oneDNN is unavailable).
@@ -160,6 +196,8 @@ def prepack_cpu_linears(model: nn.Module) -> int:
             module.dense = PrepackedLinear(dense, gelu=_FUSABLE_GELU[type(act).__name__])
             module.intermediate_act_fn = nn.Identity()
             count += 1
+        if not {"fc1", "fc2", "activation_fn"} & read and fuse_mlp_activation(module):
+            count += 2
         for name, child in list(module.named_children()):
             # Exact type: subclasses (LoRA, quantized) keep their forward.
             if type(child) is nn.Linear and name not in read:
