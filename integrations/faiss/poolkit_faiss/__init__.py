@@ -7,12 +7,17 @@
 >>> index = VectorIndex.from_texts(texts, llm, plan=plan)  # doctest: +SKIP
 >>> index.search_texts("how do I pool embeddings?", k=10)  # doctest: +SKIP
 
+Image-text models (CLIP, SigLIP) index images the same way and find them by text:
+
+>>> index = VectorIndex.from_images(paths, clip_llm, plan=plan)  # doctest: +SKIP
+>>> index.search_texts("a red circle", k=5)                      # doctest: +SKIP
+
 Sparse (SPLADE) vectors go in a ``SparseIndex``; ``reciprocal_rank_fusion`` /
 ``weighted_score_fusion`` merge dense and sparse rankings.
 """
 
 from .datasets import clustered_vectors
-from .embedding import embed_texts, prepare_vectors
+from .embedding import embed_images, embed_texts, prepare_vectors
 from .fusion import reciprocal_rank_fusion, weighted_score_fusion
 from .gpu import gpu_count
 from .planning import (
@@ -47,6 +52,7 @@ __all__ = [
     "clustered_vectors",
     "default_nlist",
     "dequantize_int8",
+    "embed_images",
     "embed_texts",
     "format_bytes",
     "gpu_count",

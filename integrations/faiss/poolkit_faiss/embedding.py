@@ -1,4 +1,5 @@
-"""Turning texts into index-ready vectors with a ``poolkit.LLM``, and preparing vectors.
+"""Turning texts (and, for image-text models, images) into index-ready vectors with a ``poolkit.LLM``,
+and preparing vectors.
 
 Vectors in an index are float32, L2-normalized (cosine similarity = inner
 product) and, for a Matryoshka plan, truncated to the plan's dimension and
@@ -147,6 +148,52 @@ def embed_texts(
                        "enable_chunked_processing=True embeds them whole)",
                        truncated, len(outputs), "the model's limit" if truncate_prompt_tokens == -1
                        else f"{truncate_prompt_tokens} tokens", truncate_prompt_tokens)
+    x = np.stack([o.outputs.numpy() for o in outputs])
+    return prepare_vectors(x, dimension, matryoshka=False, model_name=llm.model_config.served_model_name)
+
+
+def check_images(llm: Any) -> None:
+    """Refuse, before any work, to embed images with a model that takes text only."""
+    config = llm.model_config
+    modalities = tuple(getattr(config, "modalities", ("text",)))
+    if "image" not in modalities:
+        raise ValueError(f"Model {config.served_model_name!r} takes text only (modalities: {list(modalities)}): "
+                         "embedding images needs an image-text model such as CLIP or SigLIP")
+
+
+def _image_prompt(image: Any, index: int) -> dict[str, Any]:
+    """``LLM.embed``'s prompt for one image; a ``data:`` / ``http(s)`` URL string is loaded here first
+    (``poolkit.media``, with its limits), since the engine reads a string as a file path."""
+    if isinstance(image, str) and image[:8].lower().startswith(("data:", "http://", "https://")):
+        from poolkit.media import MediaError, load_image_url
+
+        try:
+            image = load_image_url(image)
+        except MediaError as exc:
+            raise ValueError(f"Image {index}: {exc}") from None
+    return {"multi_modal_data": {"image": image}}
+
+
+def embed_images(llm: Any, images: Sequence[Any], dimension: int | None = None) -> np.ndarray:
+    """Embed ``images`` with ``LLM.embed``: ``(len(images), dimension)`` float32, normalized.
+
+    The image counterpart of :func:`embed_texts` for image-text models (CLIP, SigLIP), whose
+    image vectors share one space with their text vectors: index images, search them with
+    texts (``VectorIndex.search_texts``). Each image is what ``LLM.embed`` takes in
+    ``{"multi_modal_data": {"image": ...}}``: a ``PIL.Image``, a NumPy array, encoded bytes, a
+    ``pathlib.Path`` or a ``str`` file path; ``data:`` and ``http(s)://`` URL strings are loaded
+    first (``poolkit.media.load_image_url``). A text-only model is refused with a ``ValueError``.
+    """
+    from poolkit import PoolingParams
+
+    check_images(llm)
+    full = int(llm.model_config.embedding_dim)
+    dimension = dimension or full
+    if not len(images):
+        return np.zeros((0, dimension), dtype=np.float32)
+    params = PoolingParams(dimensions=dimension if dimension < full else None, output="dense")
+    prompts = [_image_prompt(image, i) for i, image in enumerate(images)]
+    outputs = llm.embed(prompts, pooling_params=params, use_tqdm=False)
     x = np.stack([o.outputs.numpy() for o in outputs])
     return prepare_vectors(x, dimension, matryoshka=False, model_name=llm.model_config.served_model_name)
 

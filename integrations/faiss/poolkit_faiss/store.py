@@ -42,7 +42,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import gpu
-from .embedding import DEFAULT_BATCH_SIZE, batches, check_llm, embed_texts, prepare_vectors
+from .embedding import DEFAULT_BATCH_SIZE, batches, check_images, check_llm, embed_images, embed_texts, prepare_vectors
 from .planning import IndexPlan, plan_index
 
 # faiss-cpu's bundled stubs lack the HNSW attributes used below: treat the module as untyped.
@@ -93,14 +93,14 @@ class VectorIndex:
     """A FAISS index for cosine search over (optionally Matryoshka-truncated) embeddings.
 
     Build one with :meth:`from_texts` (embeds through a ``poolkit.LLM``),
-    :meth:`from_vectors`, or ``VectorIndex(plan)`` then :meth:`train` /
-    :meth:`add`. ``plan`` decides the faiss factory string, dimension and
+    :meth:`from_images` (an image-text model: CLIP, SigLIP), :meth:`from_vectors`,
+    or ``VectorIndex(plan)`` then :meth:`train` / :meth:`add`. ``plan`` decides the faiss factory string, dimension and
     search parameters (see :func:`~poolkit_faiss.planning.plan_index`).
 
     Args:
         plan: what to build.
         id_type: ``"int"`` or ``"str"`` keys.
-        llm: optional ``poolkit.LLM`` for the ``*_texts`` methods.
+        llm: optional ``poolkit.LLM`` for the ``*_texts`` and ``*_images`` methods.
         use_gpu: ``None`` (default) searches on GPUs when faiss reports some
             and supports the family; ``False`` never.
         hnsw_compact_threshold: rebuild an HNSW graph when this fraction of
@@ -253,7 +253,6 @@ class VectorIndex:
             plan = plan_index(len(texts), memory_budget_bytes, llm=llm, **plan_kwargs)
         store = cls(plan, id_type=id_type or _infer_id_type(ids), llm=llm, use_gpu=use_gpu)
         texts = list(texts)
-        fids = store._new_fids(ids, len(texts))
 
         def embed(rows: np.ndarray) -> np.ndarray:
             return store.embed(
@@ -264,23 +263,71 @@ class VectorIndex:
                 enable_chunked_processing=enable_chunked_processing,
             )
 
-        rest = np.arange(len(texts))
-        sample = store._training_rows(len(texts), seed)
-        with _progress(len(texts), "Embedding", "text", show_progress) as bar:
+        store._fill(len(texts), embed, ids, batch_size=batch_size, seed=seed, show_progress=show_progress,
+                    unit="text")
+        return store
+
+    @classmethod
+    def from_images(
+        cls,
+        images: Sequence[Any],
+        llm: Any,
+        ids: Sequence[Key] | None = None,
+        *,
+        plan: IndexPlan | None = None,
+        memory_budget_bytes: float | None = None,
+        id_type: IdType | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        seed: int = 0,
+        show_progress: bool | None = None,
+        use_gpu: bool | None = None,
+        **plan_kwargs: Any,
+    ) -> VectorIndex:
+        """Embed ``images`` with an image-text ``llm`` (CLIP, SigLIP) in batches (tqdm bar) and index them.
+
+        The image counterpart of :meth:`from_texts` (planning, training on a sample and
+        streaming work the same way); each image is what :func:`~poolkit_faiss.embed_images`
+        takes (a ``PIL.Image``, array, encoded bytes, file path, or ``data:`` / ``http(s)`` URL).
+        Search the index with texts (:meth:`search_texts`: the model's texts and images share
+        one space) or images (:meth:`search_images`). A text-only model is refused before
+        anything is embedded.
+        """
+        check_images(llm)
+        if plan is None:
+            if memory_budget_bytes is None:
+                raise ValueError("pass plan=... or memory_budget_bytes=...")
+            plan = plan_index(len(images), memory_budget_bytes, llm=llm, **plan_kwargs)
+        store = cls(plan, id_type=id_type or _infer_id_type(ids), llm=llm, use_gpu=use_gpu)
+        images = list(images)
+        store._fill(len(images), lambda rows: store.embed_images([images[i] for i in rows]), ids,
+                    batch_size=batch_size, seed=seed, show_progress=show_progress, unit="image")
+        return store
+
+    def _fill(self, n: int, embed: Any, ids: Sequence[Key] | None, *, batch_size: int, seed: int,
+              show_progress: bool | None, unit: str) -> None:
+        """Add ``n`` inputs, ``embed(rows)`` giving the vectors of those rows, to a new index.
+
+        Families that need training first embed a random sample, train on it, and add it; the
+        rest then streams through in batches, so only one batch of vectors is in memory at a time
+        (plus the training sample).
+        """
+        fids = self._new_fids(ids, n)
+        rest = np.arange(n)
+        sample = self._training_rows(n, seed)
+        with _progress(n, "Embedding", unit, show_progress) as bar:
             if sample is not None:  # embed the sample, train on it, then add it as it is
                 parts = []
                 for part in _chunks(sample, batch_size):
                     parts.append(embed(part))
                     bar.update(len(part))
                 sample_vectors = np.concatenate(parts)
-                store.train(sample_vectors)
-                store._add_prepared(sample_vectors, fids[sample])
+                self.train(sample_vectors)
+                self._add_prepared(sample_vectors, fids[sample])
                 rest = np.setdiff1d(rest, sample, assume_unique=True)
             for part in _chunks(rest, batch_size):
-                store._add_prepared(embed(part), fids[part])
+                self._add_prepared(embed(part), fids[part])
                 bar.update(len(part))
-        store._commit_new(fids, ids)
-        return store
+        self._commit_new(fids, ids)
 
     def _training_rows(self, n: int, seed: int) -> np.ndarray | None:
         """Sorted random rows to train on (``plan.train_size`` of them), or None if no training is needed."""
@@ -518,6 +565,42 @@ class VectorIndex:
         vectors = self.embed(texts, prompt_name=prompt_name, prompt=prompt,
                              enable_chunked_processing=enable_chunked_processing)
         return self.search(vectors, k, **kwargs)
+
+    # -- images ---------------------------------------------------------------
+
+    def embed_images(self, images: Sequence[Any]) -> np.ndarray:
+        """Embed images with the index's (image-text) model, at the index's dimension (see
+        :func:`~poolkit_faiss.embed_images` for what an image may be)."""
+        return embed_images(self._require_llm(), list(images), self.dimension)
+
+    def add_images(
+        self,
+        images: Sequence[Any],
+        ids: Sequence[Key] | None = None,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> list[Key]:
+        """Embed (in batches) and :meth:`add` images; the image counterpart of :meth:`add_texts`."""
+        check_images(self._require_llm())
+        images = list(images)
+        keys = None if ids is None else list(ids)
+        if keys is not None:
+            self._check_keys(keys, len(images))
+            self._new_fids(keys, len(images))  # fail before embedding anything
+        out: list[Key] = []
+        for part in batches(len(images), batch_size):
+            out += self.add(self.embed_images(images[part]), None if keys is None else keys[part])
+        return out
+
+    def upsert_images(self, images: Sequence[Any], ids: Sequence[Key]) -> list[Key]:
+        """Embed and :meth:`upsert` images."""
+        return self.upsert(self.embed_images(list(images)), ids)
+
+    def search_images(self, images: Sequence[Any] | Any, k: int = 10, **kwargs: Any) -> SearchResult:
+        """Embed query images (one, or a list) and :meth:`search`: image-to-image search, or
+        image-to-text over an index of texts embedded by the same image-text model."""
+        queries = list(images) if isinstance(images, (list, tuple)) else [images]
+        return self.search(self.embed_images(queries), k, **kwargs)
 
     # -- search ---------------------------------------------------------------
 

@@ -1,22 +1,29 @@
 """Where the vectors and scores come from: an in-process ``poolkit.LLM`` or a ``poolkit serve`` URL.
 
 Both backends expose the same calls on plain Python values (``embed``/``aembed``,
-``embed_sparse``/``aembed_sparse``, ``score``/``ascore``, and ``prompt_source``/``aprompt_source``
-for the model's Sentence-Transformers prompts), so the LangChain classes above them never see torch,
-the engine or HTTP. Async calls never block the event loop: the in-process engine runs in a worker
-thread, the server is reached with ``httpx.AsyncClient``.
+``embed_images``/``aembed_images``, ``embed_sparse``/``aembed_sparse``, ``score``/``ascore``, and
+``prompt_source``/``aprompt_source`` for the model's Sentence-Transformers prompts), so the LangChain
+classes above them never see torch, the engine or HTTP. Async calls never block the event loop: the
+in-process engine runs in a worker thread, the server is reached with ``httpx.AsyncClient``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import logging
+import mimetypes
+import os
 import threading
 import time
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import httpx
 
@@ -68,6 +75,61 @@ def _not_sparse(name: str, outputs: Any) -> ValueError:
     return ValueError(
         f"Model {name!r} gives no sparse embeddings (its outputs: {', '.join(outputs) or 'dense'}): "
         "use a sparse (SPLADE / BGE-M3) model, e.g. a sentence-transformers SparseEncoder checkpoint"
+    )
+
+
+# -- images -------------------------------------------------------------------
+
+# URL schemes an image uri may use as it is (a server fetches them itself); anything else is a local file.
+_IMAGE_URL_PREFIXES = ("data:", "http://", "https://")
+# Data URIs one request to a server may carry, in characters: a server refuses bodies over a limit
+# (``poolkit serve --max-request-bytes``, 64 MiB by default), so larger batches of images go in several requests.
+IMAGE_REQUEST_CHARS = 16 << 20
+
+
+def is_image_url(uri: str) -> bool:
+    """Whether ``uri`` is a ``data:`` or ``http(s)://`` URL (else it names a local file)."""
+    return uri[:8].lower().startswith(_IMAGE_URL_PREFIXES)
+
+
+def image_file_path(uri: str | os.PathLike[str]) -> Path:
+    """The local file an image uri names: a path, or a ``file://`` URL."""
+    if isinstance(uri, str) and uri[:7].lower() == "file://":
+        parts = urlsplit(uri)
+        if parts.netloc not in ("", "localhost"):
+            raise ValueError(f"file URL {uri!r} names another host ({parts.netloc}); only local files can be read")
+        return Path(url2pathname(parts.path))
+    return Path(uri)
+
+
+def image_data_uri(path: Path, index: int) -> str:
+    """A local image file as a ``data:`` URI (base64), read with poolkit's byte limit for images.
+
+    The server cannot read the client's disk, so local files travel inside the request. The bytes are
+    sent as they are (the server decodes them, whatever the file's name says).
+    """
+    from poolkit.media import DEFAULT_LIMITS, check_byte_size
+
+    shown = f"image {index} ({path})"
+    try:
+        with open(path, "rb") as handle:
+            check_byte_size(os.fstat(handle.fileno()).st_size, DEFAULT_LIMITS, source=shown)
+            data = handle.read(DEFAULT_LIMITS.max_bytes + 1)  # bounded even if the file grows meanwhile
+    except FileNotFoundError:
+        raise ValueError(f"{shown}: file not found") from None
+    except IsADirectoryError:
+        raise ValueError(f"{shown}: is a directory, not an image file") from None
+    check_byte_size(len(data), DEFAULT_LIMITS, source=shown, at_least=True)
+    media_type = mimetypes.guess_type(path.name)[0] or ""
+    if not media_type.startswith("image/"):
+        media_type = "application/octet-stream"  # the server sniffs the format from the bytes
+    return f"data:{media_type};base64," + base64.b64encode(data).decode("ascii")
+
+
+def _text_only(name: str, modalities: Sequence[str]) -> ValueError:
+    return ValueError(
+        f"Model {name!r} takes text only (modalities: {list(modalities)}): embedding images needs an "
+        "image-text model such as CLIP or SigLIP"
     )
 
 
@@ -158,6 +220,56 @@ class LocalBackend:
     async def aembed(self, texts: list[str], options: EmbedOptions) -> Embedded:
         return await asyncio.to_thread(self.embed, texts, options)
 
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The kinds of input the model embeds (``("text", "image")`` for CLIP / SigLIP)."""
+        return tuple(self.llm.model_config.modalities)
+
+    def _image_sources(self, uris: list[str], first_index: int = 0) -> list[Any]:
+        """What ``LLM.embed`` takes for each uri: a ``Path`` for a local file (the engine reads it), a decoded
+        image for a ``data:`` / ``http(s)`` URL (loaded here, with poolkit.media's limits)."""
+        from poolkit.media import MediaError, load_image_url
+
+        sources: list[Any] = []
+        client: httpx.Client | None = None
+        try:
+            for index, uri in enumerate(uris):
+                if not is_image_url(uri):
+                    sources.append(image_file_path(uri))
+                    continue
+                if client is None and uri[:5].lower() != "data:":
+                    client = httpx.Client()  # one connection pool for the batch's downloads
+                try:
+                    sources.append(load_image_url(uri, client=client))
+                except MediaError as exc:
+                    raise ValueError(f"Image {first_index + index}: {exc}") from None
+        finally:
+            if client is not None:
+                client.close()
+        return sources
+
+    def embed_images(self, uris: list[str], *, dimensions: int | None = None, show_progress: bool = False,
+                     first_index: int = 0) -> list[list[float]]:
+        """Embeddings of the images ``uris`` name (local files or ``data:`` / ``http(s)`` URLs), in order;
+        ``first_index`` (their position in the caller's whole list) numbers error messages."""
+        if not uris:
+            return []
+        if "image" not in self.modalities:
+            raise _text_only(self.model_name, self.modalities)
+        from poolkit import PoolingParams
+
+        # Downloads and decoding happen before taking the lock: the engine serves others meanwhile.
+        # vLLM's prompt dicts (LLM.embed's annotation names only its own prompt types)
+        prompts: list[Any] = [{"multi_modal_data": {"image": s}} for s in self._image_sources(uris, first_index)]
+        params = PoolingParams(dimensions=dimensions, output="dense")
+        with self.lock:
+            outputs = self.llm.embed(prompts, pooling_params=params, use_tqdm=show_progress)
+        return [out.outputs.numpy().tolist() for out in outputs]
+
+    async def aembed_images(self, uris: list[str], *, dimensions: int | None = None,
+                            first_index: int = 0) -> list[list[float]]:
+        return await asyncio.to_thread(self.embed_images, uris, dimensions=dimensions, first_index=first_index)
+
     def embed_sparse(self, texts: list[str], *, truncate_prompt_tokens: int | None = -1,
                      prompt_name: str | None = None) -> list[SparseVector]:
         """Sparse embeddings of ``texts``: ``LLM.embed`` asking for the model's sparse output.
@@ -166,7 +278,7 @@ class LocalBackend:
         """
         if not texts:
             return []
-        from poolkit import PoolingParams
+        from poolkit import PoolingParams, SparseEmbeddingOutput
 
         supported = self.llm.model_config.outputs
         if "sparse" not in supported:
@@ -175,8 +287,9 @@ class LocalBackend:
         with self.lock:
             outputs = self.llm.embed(texts, pooling_params=params, truncate_prompt_tokens=truncate_prompt_tokens,
                                      use_tqdm=False, prompt_name=prompt_name)
-        return [SparseVector(o.outputs.indices.tolist(), o.outputs.values.tolist(), int(o.outputs.dim))
-                for o in outputs]
+        sparse = [o.outputs for o in outputs]
+        return [SparseVector(v.indices.tolist(), v.values.tolist(), int(v.dim))
+                for v in sparse if isinstance(v, SparseEmbeddingOutput)]
 
     async def aembed_sparse(self, texts: list[str], *, truncate_prompt_tokens: int | None = -1,
                             prompt_name: str | None = None) -> list[SparseVector]:
@@ -269,15 +382,19 @@ class ServedModel:
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
     max_model_len: int | None = None
+    modalities: tuple[str, ...] | None = None
+    """The kinds of input the model embeds (poolkit's card extension); ``None`` when the card does not say."""
 
     @classmethod
     def from_card(cls, card: dict[str, Any]) -> ServedModel:
         limit = card.get("max_model_len")
+        modalities = card.get("modalities")
         return cls(
             name=str(card.get("id")),
             prompts={str(k): str(v) for k, v in (card.get("prompts") or {}).items()},
             default_prompt_name=card.get("default_prompt_name"),
             max_model_len=int(limit) if limit is not None else None,
+            modalities=tuple(str(m) for m in modalities) if isinstance(modalities, list) else None,
         )
 
 
@@ -553,6 +670,84 @@ class RemoteBackend:
     async def aembed(self, texts: list[str], options: EmbedOptions) -> Embedded:
         payload = await self._asend("POST", EMBEDDINGS_PATH, self._embed_body(texts, options))
         return self._parse_embeddings(payload, len(texts))
+
+    # images -------------------------------------------------------------
+
+    def _check_images(self, card: ServedModel | None) -> None:
+        """Refuse before sending images to a model whose card says it takes text only."""
+        if card is not None and card.modalities is not None and "image" not in card.modalities:
+            raise _text_only(card.name, card.modalities)
+
+    def _image_card(self) -> ServedModel | None:
+        """The model card, to check its modalities; ``None`` when it cannot be read (e.g. a server without
+        ``/v1/models``): the embeddings request then answers for itself."""
+        try:
+            return self.prompt_source()
+        except PoolkitServerError as exc:
+            logger.debug("not checking the served model's modalities: %s", exc)
+            return None
+
+    async def _aimage_card(self) -> ServedModel | None:
+        try:
+            return await self.aprompt_source()
+        except PoolkitServerError as exc:
+            logger.debug("not checking the served model's modalities: %s", exc)
+            return None
+
+    @staticmethod
+    def image_urls(uris: list[str], first_index: int = 0) -> list[str]:
+        """What the server is sent for each uri: URLs as they are, local files as ``data:`` URIs."""
+        return [uri if is_image_url(uri) else image_data_uri(image_file_path(uri), first_index + i)
+                for i, uri in enumerate(uris)]
+
+    def _image_bodies(self, urls: list[str], dimensions: int | None) -> list[tuple[dict[str, Any], int]]:
+        """``/v1/embeddings`` bodies with ``messages`` (one conversation per image), and their image counts;
+        split so that no body carries much more than ``IMAGE_REQUEST_CHARS`` of URLs."""
+        groups: list[list[str]] = []
+        size = 0
+        for url in urls:
+            if not groups or (size + len(url) > IMAGE_REQUEST_CHARS and groups[-1]):
+                groups.append([])
+                size = 0
+            groups[-1].append(url)
+            size += len(url)
+        bodies = []
+        for group in groups:
+            body: dict[str, Any] = {
+                "messages": [[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]
+                             for url in group],
+                "encoding_format": "float",
+                "output": "dense",
+            }
+            if self.model:
+                body["model"] = self.model
+            if dimensions is not None:
+                body["dimensions"] = dimensions
+            bodies.append((body, len(group)))
+        return bodies
+
+    def embed_images(self, uris: list[str], *, dimensions: int | None = None, show_progress: bool = False,
+                     first_index: int = 0) -> list[list[float]]:
+        """``POST /v1/embeddings`` with chat-style ``messages``, one ``image_url`` conversation per image
+        (``show_progress`` is for the in-process engine; ``first_index`` numbers error messages)."""
+        if not uris:
+            return []
+        self._check_images(self._image_card())
+        vectors: list[list[float]] = []
+        for body, n in self._image_bodies(self.image_urls(uris, first_index), dimensions):
+            vectors += self._parse_embeddings(self._send("POST", EMBEDDINGS_PATH, body), n).vectors
+        return vectors
+
+    async def aembed_images(self, uris: list[str], *, dimensions: int | None = None,
+                            first_index: int = 0) -> list[list[float]]:
+        if not uris:
+            return []
+        self._check_images(await self._aimage_card())
+        urls = await asyncio.to_thread(self.image_urls, uris, first_index)  # file reads and base64 off the event loop
+        vectors: list[list[float]] = []
+        for body, n in self._image_bodies(urls, dimensions):
+            vectors += self._parse_embeddings(await self._asend("POST", EMBEDDINGS_PATH, body), n).vectors
+        return vectors
 
     def score(self, query: str, documents: list[str], *, truncate_prompt_tokens: int | None,
               dimensions: int | None = None) -> list[float]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -17,6 +18,17 @@ from ._prompts import ROLES, RequestPrompt, Role, explicit_prompt, model_prompt
 logger = logging.getLogger("langchain_poolkit")
 
 
+def _checked_uris(uris: Iterable[str | os.PathLike[str]]) -> list[str]:
+    """``uris`` as a list of strings (``Path`` objects are accepted), with a clear ``TypeError`` for anything else."""
+    out = []
+    for index, uri in enumerate(uris):
+        if not isinstance(uri, (str, os.PathLike)):
+            raise TypeError(f"Image uri {index} must be a str (a file path or a data:/http(s) URL) or a path, "
+                            f"got {type(uri).__name__}")
+        out.append(os.fspath(uri))
+    return out
+
+
 def _checked_texts(texts: Iterable[str]) -> list[str]:
     """``texts`` as a list, with a clear ``TypeError`` for a non-string (LangChain passes anything along)."""
     texts = list(texts)
@@ -27,7 +39,8 @@ def _checked_texts(texts: Iterable[str]) -> list[str]:
 
 
 class PoolkitEmbeddings(PoolkitClientBase, Embeddings):
-    """Text embeddings from a poolkit engine, in-process or through ``poolkit serve``.
+    """Text (and, for image-text models, image) embeddings from a poolkit engine, in-process or through
+    ``poolkit serve``.
 
     Three ways to build it::
 
@@ -50,6 +63,11 @@ class PoolkitEmbeddings(PoolkitClientBase, Embeddings):
     as with ``HuggingFaceEmbeddings``, and one warning is logged per instance;
     ``truncate_prompt_tokens=None`` makes them an error instead, and
     ``chunk_long_inputs=True`` embeds them whole, in chunks merged into one vector.
+
+    Image-text models (CLIP, SigLIP) also embed images, into the space of their texts:
+    ``embed_image(uris)`` (the method LangChain's image-capable embeddings, such as
+    ``OpenCLIPEmbeddings``, have and image-capable vector stores call) takes local file paths
+    and ``data:`` / ``http(s)`` URLs; a text-only model refuses with a ``ValueError``.
 
     All methods return plain Python ``float`` lists. The async methods run the
     engine in a worker thread (in-process) or use an async HTTP client, so they
@@ -75,7 +93,7 @@ class PoolkitEmbeddings(PoolkitClientBase, Embeddings):
     """Prompts merged over the model's Sentence-Transformers prompts."""
 
     chunk_size: int = Field(default=1024, gt=0)
-    """Texts per engine call or HTTP request."""
+    """Texts (or images, for ``embed_image``) per engine call or HTTP request."""
 
     show_progress: bool = False
     """In-process: show the engine's progress bar."""
@@ -256,6 +274,50 @@ class PoolkitEmbeddings(PoolkitClientBase, Embeddings):
     async def aembed_queries(self, texts: list[str]) -> list[list[float]]:
         """Async ``embed_queries``."""
         return await self._aembed(texts, "query")
+
+    # -- images -------------------------------------------------------------
+
+    def embed_image(self, uris: list[str]) -> list[list[float]]:
+        """Embed images, one vector per uri, in the space of this model's texts (image-text models only).
+
+        ``uris``: local file paths (or ``file://`` URLs; relative paths from the working directory)
+        and ``data:image/...;base64,...`` / ``http(s)://`` URLs. In-process, files are read by the
+        engine and URLs loaded here (``poolkit.media``: byte, pixel and time limits); with a server,
+        local files are sent as ``data:`` URIs (the server cannot read this machine's disk) and URLs
+        as they are, in ``/v1/embeddings`` chat-style ``messages``. ``chunk_size`` images go per
+        engine call or request (a request is split further when its data URIs pass 16 MiB), and
+        ``dimensions`` applies as for texts. No prompt is put before images.
+
+        Raises ``ValueError`` for a model that takes text only, and for an image that cannot be loaded.
+        """
+        uris = _checked_uris(uris)
+        vectors: list[list[float]] = []
+        for start in range(0, len(uris), self.chunk_size):
+            vectors += self.backend.embed_images(uris[start : start + self.chunk_size], dimensions=self.dimensions,
+                                                 show_progress=self.show_progress, first_index=start)
+        return vectors
+
+    async def aembed_image(self, uris: list[str]) -> list[list[float]]:
+        """Async ``embed_image``: never blocks the event loop (up to ``max_concurrency`` requests to a server)."""
+        uris = _checked_uris(uris)
+        semaphore = asyncio.Semaphore(self._concurrency)
+
+        async def one(start: int) -> list[list[float]]:
+            async with semaphore:
+                return await self.backend.aembed_images(uris[start : start + self.chunk_size],
+                                                        dimensions=self.dimensions, first_index=start)
+
+        parts = await asyncio.gather(*(one(start) for start in range(0, len(uris), self.chunk_size)))
+        return [vector for part in parts for vector in part]
+
+    @property
+    def modalities(self) -> tuple[str, ...] | None:
+        """What the model embeds: ``("text",)`` or ``("text", "image")``; in server mode ``None`` until the
+        server's model card has been read (or when it does not say)."""
+        backend = self.backend
+        if isinstance(backend, LocalBackend):
+            return backend.modalities
+        return backend.prompt_source().modalities if backend.prompts_known else None
 
     # -- info ---------------------------------------------------------------
 

@@ -6,6 +6,10 @@ a memory-budget plan); documents live in an in-memory docstore keyed by the
 same string ids. ``save_local`` writes the faiss index (``faiss.write_index``),
 the index's JSON manifest and npz id table, and the documents as JSON Lines:
 nothing is pickled, so ``load_local`` needs no ``allow_dangerous_deserialization``.
+
+Images (``add_images``, with an image-capable embedding such as ``PoolkitEmbeddings``
+over CLIP / SigLIP) are stored like texts: a ``Document`` whose ``page_content`` is the
+image's uri, found by text queries in the model's shared text-image space.
 """
 
 from __future__ import annotations
@@ -67,6 +71,17 @@ def _engine_of(embedding: Embeddings) -> Any:
     return None
 
 
+def _image_embedder(embedding: Embeddings) -> Callable[[list[str]], list[list[float]]]:
+    """``embedding.embed_image`` (LangChain's name for it, as in ``OpenCLIPEmbeddings``), or a clear refusal."""
+    embed_image = getattr(embedding, "embed_image", None)
+    if not callable(embed_image):
+        raise ValueError(
+            f"{type(embedding).__name__} cannot embed images (it has no embed_image method): use an image-capable "
+            "embedding, e.g. PoolkitEmbeddings over an image-text model (CLIP, SigLIP)"
+        )
+    return embed_image
+
+
 def _model_name_of(embedding: Embeddings) -> str | None:
     from .embeddings import PoolkitEmbeddings
 
@@ -99,6 +114,12 @@ class PoolkitFAISS(VectorStore):
     applies the model's document and query prompts (Sentence-Transformers
     ``encode_document`` / ``encode_query``) without anything set here.
 
+    Images go in with ``add_images(uris)`` (as in langchain_chroma's ``Chroma``), embedded by
+    ``embedding.embed_image``: each is a ``Document`` whose ``page_content`` is its uri (a file
+    path or a ``data:`` / ``http(s)`` URL; Chroma stores the file's base64 there instead), so
+    ``similarity_search("a red circle")`` returns the images whose vectors are closest to the
+    text's. MMR re-embeds image candidates with ``embed_image``.
+
     Scores from ``similarity_search_with_score`` are cosine similarities (higher is
     closer); relevance scores map them to [0, 1] as ``(1 + cos) / 2``.
     ``add_texts``/``add_documents`` with an id already present replace that document
@@ -118,6 +139,7 @@ class PoolkitFAISS(VectorStore):
         use_gpu: bool | None = None,
         index: Any = None,
         docstore: dict[str, Document] | None = None,
+        image_ids: Iterable[str] | None = None,
         **plan_kwargs: Any,
     ) -> None:
         if not isinstance(embedding, Embeddings):
@@ -128,6 +150,8 @@ class PoolkitFAISS(VectorStore):
         self._lock = threading.RLock()
         self._index = index
         self._docs: dict[str, Document] = dict(docstore or {})
+        # Ids whose page_content is an image uri (add_images): MMR must re-embed those as images, not as text.
+        self._image_ids: set[str] = set(image_ids or ()) & set(self._docs)
         self._plan_request = {
             "memory_budget_bytes": memory_budget_bytes,
             "n_vectors": n_vectors,
@@ -257,7 +281,9 @@ class PoolkitFAISS(VectorStore):
         keys = [str(i) if i is not None else str(uuid.uuid4()) for i in (ids or [None] * len(texts))]
         return texts, metas, keys
 
-    def _write(self, texts: list[str], metas: list[dict], keys: list[str], vectors: list[list[float]]) -> list[str]:
+    def _write(self, texts: list[str], metas: list[dict], keys: list[str], vectors: list[list[float]],
+               *, images: bool = False) -> list[str]:
+        """Upsert documents and their vectors; ``images``: the texts are image uris (see ``add_images``)."""
         if not texts:
             return []
         # A repeated id within one call: the last occurrence wins (as sequential upserts would).
@@ -270,6 +296,10 @@ class PoolkitFAISS(VectorStore):
             index.upsert(x, kept_keys)
             for i in keep:
                 self._docs[keys[i]] = Document(id=keys[i], page_content=texts[i], metadata=copy.deepcopy(metas[i]))
+            if images:
+                self._image_ids.update(kept_keys)
+            else:
+                self._image_ids.difference_update(kept_keys)
         return keys
 
     def add_texts(
@@ -297,6 +327,44 @@ class PoolkitFAISS(VectorStore):
         texts, metas, keys = self._normalize_inputs(texts, metadatas, ids)
         vectors = await self.embedding.aembed_documents(texts) if texts else []
         return await asyncio.to_thread(self._write, texts, metas, keys, vectors)
+
+    def add_images(
+        self,
+        uris: list[str],
+        metadatas: list[dict] | None = None,
+        ids: list[str] | None = None,
+        **kwargs: Any,
+    ) -> list[str]:
+        """Embed images with ``embedding.embed_image`` and store them; returns the ids.
+
+        As langchain_chroma's ``Chroma.add_images``: ``uris`` are image file paths (here also ``data:`` /
+        ``http(s)`` URLs, as ``PoolkitEmbeddings.embed_image`` takes them), each stored as a ``Document``
+        whose ``page_content`` is the uri (Chroma stores the file's base64 instead) with its metadata.
+        An id already present is replaced (upsert). Text queries (``similarity_search``) then find
+        images by their shared text-image vectors.
+        """
+        uris = [os.fspath(uri) for uri in uris]
+        embed_image = _image_embedder(self.embedding)
+        uris, metas, keys = self._normalize_inputs(uris, metadatas, ids)
+        vectors = embed_image(uris) if uris else []
+        return self._write(uris, metas, keys, vectors, images=True)
+
+    async def aadd_images(
+        self,
+        uris: list[str],
+        metadatas: list[dict] | None = None,
+        ids: list[str] | None = None,
+        **kwargs: Any,
+    ) -> list[str]:
+        """Async ``add_images``: embeds with ``aembed_image`` when the embedding has it (else in a worker thread)."""
+        uris = [os.fspath(uri) for uri in uris]
+        embed_image = _image_embedder(self.embedding)
+        uris, metas, keys = self._normalize_inputs(uris, metadatas, ids)
+        if not uris:
+            return []
+        aembed_image = getattr(self.embedding, "aembed_image", None)
+        vectors = await aembed_image(uris) if callable(aembed_image) else await asyncio.to_thread(embed_image, uris)
+        return await asyncio.to_thread(self._write, uris, metas, keys, vectors, images=True)
 
     def add_documents(self, documents: list[Document], **kwargs: Any) -> list[str]:
         """Store documents; ids come from ``ids=`` or each ``Document.id`` (else new UUIDs)."""
@@ -332,12 +400,14 @@ class PoolkitFAISS(VectorStore):
                 if self._index is not None:
                     self._index.delete(list(self._docs))
                 self._docs.clear()
+                self._image_ids.clear()
                 return True
             keys = [str(i) for i in ids]
             if self._index is not None:
                 self._index.delete(keys)
             for key in keys:
                 self._docs.pop(key, None)
+                self._image_ids.discard(key)
         return True
 
     async def adelete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
@@ -448,6 +518,46 @@ class PoolkitFAISS(VectorStore):
             return prepare_vectors(x, x.shape[-1], matryoshka=False)
         return prepare_vectors(x, plan.dimension, matryoshka=plan.matryoshka, model_name=plan.model_name)
 
+    def _split_candidates(self, candidates: list[tuple[Document, float]]) -> tuple[list[int], list[int]]:
+        """Positions of the text candidates and of the image candidates (``add_images``)."""
+        with self._lock:
+            images = self._image_ids & {d.id for d, _ in candidates if d.id is not None}
+        is_image = [d.id in images for d, _ in candidates]
+        return [i for i, x in enumerate(is_image) if not x], [i for i, x in enumerate(is_image) if x]
+
+    def _candidate_vectors(self, candidates: list[tuple[Document, float]]) -> list[list[float]]:
+        """The candidates' vectors, recomputed: texts with ``embed_documents``, images with ``embed_image``."""
+        texts, images = self._split_candidates(candidates)
+        vectors: list[list[float]] = [[] for _ in candidates]
+        if texts:
+            for i, v in zip(texts, self.embedding.embed_documents([candidates[i][0].page_content for i in texts])):
+                vectors[i] = v
+        if images:
+            embed_image = _image_embedder(self.embedding)
+            for i, v in zip(images, embed_image([candidates[i][0].page_content for i in images])):
+                vectors[i] = v
+        return vectors
+
+    async def _acandidate_vectors(self, candidates: list[tuple[Document, float]]) -> list[list[float]]:
+        """Async ``_candidate_vectors``."""
+        texts, images = self._split_candidates(candidates)
+        vectors: list[list[float]] = [[] for _ in candidates]
+        if texts:
+            embedded = await self.embedding.aembed_documents([candidates[i][0].page_content for i in texts])
+            for i, v in zip(texts, embedded):
+                vectors[i] = v
+        if images:
+            embed_image = _image_embedder(self.embedding)
+            aembed_image = getattr(self.embedding, "aembed_image", None)
+            uris = [candidates[i][0].page_content for i in images]
+            if callable(aembed_image):
+                embedded = await aembed_image(uris)
+            else:
+                embedded = await asyncio.to_thread(embed_image, uris)
+            for i, v in zip(images, embedded):
+                vectors[i] = v
+        return vectors
+
     def _mmr_select(
         self,
         query_vector: Sequence[float],
@@ -474,11 +584,11 @@ class PoolkitFAISS(VectorStore):
     ) -> list[Document]:
         """Maximal marginal relevance over the ``fetch_k`` nearest documents.
 
-        The candidates' vectors are recomputed with ``embed_documents`` (the index
-        may hold quantized codes, not the vectors).
+        The candidates' vectors are recomputed with ``embed_documents`` (images: ``embed_image``;
+        the index may hold quantized codes, not the vectors).
         """
         candidates = self._search(embedding, fetch_k, filter, fetch_k)
-        vectors = self.embedding.embed_documents([d.page_content for d, _ in candidates]) if candidates else []
+        vectors = self._candidate_vectors(candidates) if candidates else []
         return self._mmr_select(embedding, candidates, vectors, k, lambda_mult)
 
     def max_marginal_relevance_search(
@@ -505,7 +615,7 @@ class PoolkitFAISS(VectorStore):
         **kwargs: Any,
     ) -> list[Document]:
         candidates = await asyncio.to_thread(self._search, embedding, fetch_k, filter, fetch_k)
-        vectors = await self.embedding.aembed_documents([d.page_content for d, _ in candidates]) if candidates else []
+        vectors = await self._acandidate_vectors(candidates) if candidates else []
         return self._mmr_select(embedding, candidates, vectors, k, lambda_mult)
 
     async def amax_marginal_relevance_search(
@@ -599,14 +709,11 @@ class PoolkitFAISS(VectorStore):
             docs = list(self._docs.values())
             lines = []
             for doc in docs:
+                row: dict[str, Any] = {"id": doc.id, "page_content": doc.page_content, "metadata": doc.metadata}
+                if doc.id in self._image_ids:
+                    row["modality"] = "image"  # page_content is an image uri (readers that ignore it still work)
                 try:
-                    lines.append(
-                        json.dumps(
-                            {"id": doc.id, "page_content": doc.page_content, "metadata": doc.metadata},
-                            ensure_ascii=False,
-                            allow_nan=True,
-                        )
-                    )
+                    lines.append(json.dumps(row, ensure_ascii=False, allow_nan=True))
                 except TypeError as exc:
                     raise TypeError(
                         f"Document {doc.id!r} has metadata that JSON cannot store ({exc}); PoolkitFAISS "
@@ -654,11 +761,14 @@ class PoolkitFAISS(VectorStore):
         if manifest.get("format") != FORMAT_NAME or manifest.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{folder} is not a {FORMAT_NAME} v{FORMAT_VERSION} store")
         docs: dict[str, Document] = {}
+        image_ids: set[str] = set()
         with open(folder / manifest["files"]["docstore"], encoding="utf-8") as handle:
             for line in handle:
                 if line.strip():
                     row = json.loads(line)
                     docs[row["id"]] = Document(id=row["id"], page_content=row["page_content"], metadata=row["metadata"])
+                    if row.get("modality") == "image":
+                        image_ids.add(row["id"])
         use_gpu = kwargs.pop("use_gpu", None)
         index = VectorIndex.load(folder, use_gpu=use_gpu) if manifest["has_index"] else None
         plan = IndexPlan.from_dict(manifest["plan"]) if manifest.get("plan") else None
@@ -668,6 +778,6 @@ class PoolkitFAISS(VectorStore):
                 raise ValueError(
                     f"{folder}: index and docstore disagree on {len(missing)} ids, e.g. {sorted(missing)[:3]}"
                 )
-        store = cls(embeddings, plan=plan, index=index, docstore=docs, use_gpu=use_gpu, **kwargs)
+        store = cls(embeddings, plan=plan, index=index, docstore=docs, image_ids=image_ids, use_gpu=use_gpu, **kwargs)
         logger.info("Loaded %r from %s", store, folder)
         return store

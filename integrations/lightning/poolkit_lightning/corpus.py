@@ -128,6 +128,8 @@ class LightningExecutor(CorpusExecutor):
     does not apply: each rank holds one device.
     """
 
+    modalities = ("text", "image")  # workers run the same embedder, which prepares images as texts
+
     name = "lightning"
 
     def __init__(self, *, workers: int | None = None, gpus_per_worker: float | None = None,

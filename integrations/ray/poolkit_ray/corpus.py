@@ -57,6 +57,8 @@ class RayExecutor(CorpusExecutor):
     keeps the actors off GPUs (unless ``gpus_per_worker`` says otherwise).
     """
 
+    modalities = ("text", "image")  # workers run the same embedder, which prepares images as texts
+
     name = "ray"
 
     def run(self, job: CorpusJob, pending: Sequence[ShardSpec], recorder: ShardRecorder) -> None:

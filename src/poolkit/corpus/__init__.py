@@ -1,7 +1,10 @@
 """Corpus embedding: ``poolkit embed INPUT --model ... --out DIR``.
 
 The input (JSON Lines or Parquet) is cut into fixed-size shards by row range.
-Each shard is embedded and written on its own as ``DIR/shard-NNNNN.parquet``
+The embedded column holds texts (``text_column``) or, for image-text models
+(CLIP, SigLIP), images (``image_column``: file paths relative to the input
+file's folder, or encoded bytes in Parquet). Each shard is embedded and written
+on its own as ``DIR/shard-NNNNN.parquet``
 (columns ``id``, ``embedding``, ``num_tokens``, ``truncated``), atomically: a
 temporary file renamed into place. ``DIR/manifest.json`` lists the job and the
 finished shards, so a rerun of the same command skips them and embeds only
@@ -43,7 +46,7 @@ from .executors import (
 from .manifest import MANIFEST_NAME, Manifest
 from .options import EmbedOptions
 from .parquet import embedding_matrix, embeddings_table, require_pyarrow, write_table_atomic
-from .run import CorpusSummary, ShardRecorder, embed_corpus, read_corpus_embeddings
+from .run import CorpusSummary, ShardRecorder, check_image_job, embed_corpus, read_corpus_embeddings
 from .shards import (
     DEFAULT_BATCH_SIZE,
     FORMAT_VERSION,
@@ -62,7 +65,7 @@ __all__ = [
     "CorpusExecutor", "CorpusJob", "CorpusSource", "CorpusSummary", "EmbedOptions", "Embedded", "Embedder",
     "LocalExecutor",
     "Manifest", "ShardRecorder", "ShardSpec", "ShardStats", "TextTokenizer",
-    "available_executors", "concat_embedded", "embed_corpus", "embedding_matrix", "embeddings_table",
+    "available_executors", "check_image_job", "concat_embedded", "embed_corpus", "embedding_matrix", "embeddings_table",
     "executor_entry_points", "load_executor", "make_executor", "process_shard", "read_corpus_embeddings",
     "read_shard_metadata", "require_pyarrow", "shard_file_name", "write_table_atomic",
 ]

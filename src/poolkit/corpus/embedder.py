@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..inputs import Prompt
 from ..tasks import PreparedRequest, Tasks
 from .options import EmbedOptions
 
@@ -35,6 +36,9 @@ def _embed_kwargs(engine_kwargs: dict[str, Any]) -> dict[str, Any]:
 
 class TextTokenizer:
     """Texts → a prepared ``embed`` request (prompted, tokenized, truncated or chunked), without the model.
+
+    Images (:class:`~poolkit.inputs.ImagePrompt`, for image-text models) are prepared the same way:
+    loaded and preprocessed by the model's image processor, which needs no weights either.
 
     ``options``: the :class:`EmbedOptions` every text is embedded with (default: ``EmbedOptions()``,
     the model's limit and prompt).
@@ -77,8 +81,9 @@ class TextTokenizer:
             state["_tasks"] = None  # the receiving process loads its own tokenizer
         return state
 
-    def __call__(self, texts: Sequence[str], *, first_index: int = 0) -> PreparedRequest:
-        """The request for ``texts``; ``first_index`` (their position in the whole input) numbers error messages."""
+    def __call__(self, texts: Sequence[Prompt], *, first_index: int = 0) -> PreparedRequest:
+        """The request for ``texts`` (or images); ``first_index`` (their position in the whole input) numbers
+        error messages."""
         return self.options.prepare(self.tasks, texts, first_index=first_index)
 
 
@@ -150,6 +155,6 @@ class Embedder:
                              f"{self.dim}-d: prepare it with the same dimensions")
         return embedded
 
-    def embed(self, texts: Sequence[str], *, first_index: int = 0) -> Embedded:
-        """Tokenize and embed ``texts`` in this process."""
+    def embed(self, texts: Sequence[Prompt], *, first_index: int = 0) -> Embedded:
+        """Tokenize and embed ``texts`` (or images: :class:`~poolkit.inputs.ImagePrompt`) in this process."""
         return self.run(self.tokenizer(texts, first_index=first_index))

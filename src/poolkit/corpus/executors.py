@@ -44,6 +44,13 @@ class CorpusExecutor:
     #: The name ``--engine`` selects it by (an entry point's name should match).
     name: ClassVar[str] = ""
 
+    #: What the executor can embed: ``"text"``, and ``"image"`` when it handles image corpora
+    #: (``--image-column``: :meth:`CorpusSource.read <poolkit.corpus.CorpusSource.read>` then gives
+    #: :class:`~poolkit.inputs.ImagePrompt` rows instead of strings). An executor that embeds shards with
+    #: :func:`~poolkit.corpus.process_shard`, or the job's tokenizer and embedder, handles both; it says so
+    #: here, and image jobs are refused on executors that do not.
+    modalities: ClassVar[tuple[str, ...]] = ("text",)
+
     def __init__(self, *, workers: int | None = None, gpus_per_worker: float | None = None,
                  device: str | None = None) -> None:
         self.workers = workers
@@ -76,6 +83,7 @@ class LocalExecutor(CorpusExecutor):
     """``local``: the shards one after another in this process, with one model on ``device``."""
 
     name = "local"
+    modalities = ("text", "image")
 
     def run(self, job: CorpusJob, pending: Sequence[ShardSpec], recorder: ShardRecorder) -> None:
         if self.workers not in (None, 1) or self.gpus_per_worker is not None:

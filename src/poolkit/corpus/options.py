@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..inputs import Prompt
 from ..params import PoolingParams
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ class EmbedOptions:
         return {"truncate_prompt_tokens": self.truncate, "prompt_name": self.prompt_name, "prompt": self.prompt,
                 "enable_chunked_processing": True if self.chunked else None}
 
-    def prepare(self, tasks: Tasks, texts: Sequence[str], *, first_index: int = 0) -> PreparedRequest:
+    def prepare(self, tasks: Tasks, texts: Sequence[Prompt], *, first_index: int = 0) -> PreparedRequest:
         """The ``embed`` request for ``texts``; ``first_index`` (their position in the whole input) numbers
         error messages."""
         return tasks.prepare("embed", list(texts), self.pooling_params, first_index=first_index,
@@ -79,6 +80,15 @@ class EmbedOptions:
         resolve_prompt(tasks.model_config, self.prompt, self.prompt_name)
         if self.chunked:
             check_chunking(tasks.model_config, tasks.processor)
+
+    def check_images(self) -> None:
+        """Refuse what has no meaning for images, rather than ignore it: a prompt (put before texts) and
+        chunked processing (of long texts)."""
+        asked = [name for name, value in (("prompt_name", self.prompt_name), ("prompt", self.prompt),
+                                          ("chunked", self.chunked or None)) if value is not None]
+        if asked:
+            raise ValueError(f"{', '.join(asked)} apply to texts; an image column is embedded without "
+                             f"{'them' if len(asked) > 1 else 'it'}")
 
     def identity(self) -> dict[str, Any]:
         """The options' part of a job's identity.

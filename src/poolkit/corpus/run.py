@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .embedder import TextTokenizer
 from .executors import CorpusExecutor, make_executor
 from .manifest import MANIFEST_NAME, Manifest
 from .options import EmbedOptions
@@ -99,6 +100,7 @@ def embed_corpus(
     model: str | None = None,
     engine: str | CorpusExecutor = "local",
     text_column: str = "text",
+    image_column: str | None = None,
     id_column: str | None = "id",
     shard_size: int = DEFAULT_SHARD_SIZE,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -121,6 +123,13 @@ def embed_corpus(
         model: checkpoint directory or hub id (``None``: the bundled default).
         engine: an executor's name (``local``, or an installed one such as ``ray``,
             ``lightning``: see :func:`available_executors`), or a :class:`CorpusExecutor`.
+        text_column: the column of texts to embed (when no ``image_column`` is given).
+        image_column: embed images instead of texts, with an image-text model (CLIP, SigLIP): the
+            column's image file paths (relative ones resolved against the input file's folder) or, in
+            Parquet, encoded image bytes. Output shards are the same as for texts (``num_tokens`` 0,
+            ``truncated`` false). Refused before any work for a text-only model, with ``prompt_name`` /
+            ``prompt`` / ``chunked`` (texts only), and on an executor that does not declare images
+            (:attr:`CorpusExecutor.modalities`; ``local`` does).
         id_column: column with row ids; if the input lacks it, row numbers are the ids.
         shard_size: rows per output shard (the unit of resumption).
         batch_size: rows handed to the engine at once (it batches by token budget inside).
@@ -147,8 +156,14 @@ def embed_corpus(
     options = EmbedOptions(dimensions=dimensions, truncate=truncate, prompt_name=prompt_name, prompt=prompt,
                            chunked=chunked)
     executor = make_executor(engine, workers=workers, gpus_per_worker=gpus_per_worker, device=device)
+    if image_column is not None:
+        if text_column != "text":
+            raise ValueError(f"Embed one column: text_column={text_column!r} or image_column={image_column!r}, "
+                             "not both")
+        check_image_job(model, options, executor, dict(engine_kwargs or {}))
     t0 = time.perf_counter()
-    source = CorpusSource.open(input_path, text_column=text_column, id_column=id_column, shard_size=shard_size)
+    source = CorpusSource.open(input_path, text_column=text_column, image_column=image_column, id_column=id_column,
+                               shard_size=shard_size)
     job = CorpusJob(source, str(Path(out_dir).resolve()), model, options, batch_size, dict(engine_kwargs or {}))
     manifest = Manifest.open(job, overwrite=overwrite)
     pending = manifest.pending()
@@ -183,6 +198,21 @@ def embed_corpus(
         shards_done=len(done), shards_skipped=skipped, rows_skipped=rows_skipped, shards_total=len(source.shards),
         rows_total=source.num_rows, complete=manifest.complete, primary=not recorder.read_only,
     )
+
+
+def check_image_job(model: str | None, options: EmbedOptions, executor: CorpusExecutor,
+                    engine_kwargs: dict[str, Any]) -> None:
+    """Refuse an image job before any work (no output directory, no shard, no weights loaded): options
+    that apply to texts only, an executor that does not embed images, or a model that takes text only
+    (read from its config, as the job's tokenizer loads it)."""
+    options.check_images()
+    if "image" not in executor.modalities:
+        raise ValueError(f"Executor {executor.name!r} does not embed images (its modalities: "
+                         f"{list(executor.modalities)}); embed an image column with the 'local' executor")
+    config = TextTokenizer(model, options, **engine_kwargs).tasks.model_config
+    if "image" not in config.modalities:
+        raise ValueError(f"Model {config.served_model_name!r} takes text only (modalities: {list(config.modalities)}): "
+                         "an image column needs an image-text model such as CLIP or SigLIP")
 
 
 def read_corpus_embeddings(out_dir: str | os.PathLike[str], *, require_complete: bool = True) -> pa.Table:

@@ -76,7 +76,7 @@ class CorpusJob:
         (their finished shards stay reusable); see :meth:`EmbedOptions.identity`.
         """
         src = self.source
-        return {
+        identity = {
             "version": FORMAT_VERSION,
             "input": src.path, "input_bytes": src.size_bytes, "format": src.format,
             "text_column": src.text_column, "id_column": src.id_column, "num_rows": src.num_rows,
@@ -84,6 +84,9 @@ class CorpusJob:
             "engine_kwargs": {k: self.engine_kwargs[k] for k in sorted(self.engine_kwargs)
                               if k in MODEL_CONFIG_KWARGS},
         }
+        if src.image_column is not None:  # only for image jobs: text jobs keep their fingerprints
+            identity["image_column"] = src.image_column
+        return identity
 
     @property
     def fingerprint(self) -> str:
@@ -122,17 +125,17 @@ class CorpusJob:
 def process_shard(
     job: CorpusJob, spec: ShardSpec, embedder: Embedder, on_rows: Callable[[int], None] | None = None
 ) -> ShardStats:
-    """Read, embed and atomically write one shard; idempotent (safe to retry).
+    """Read, embed and atomically write one shard (texts or images); idempotent (safe to retry).
 
     Rows go to the model ``job.batch_size`` at a time (the engine batches by
     token budget inside); an error names the shard and rows, and the prompt
     numbers in it are the input's row numbers.
     """
     start = time.perf_counter()
-    ids, texts = job.source.read(spec)
+    ids, inputs = job.source.read(spec)  # texts, or images for an image corpus
     parts = []
-    for lo in range(0, len(texts), job.batch_size):
-        chunk = texts[lo:lo + job.batch_size]
+    for lo in range(0, len(inputs), job.batch_size):
+        chunk = inputs[lo:lo + job.batch_size]
         first = spec.row_start + lo
         try:
             parts.append(embedder.embed(chunk, first_index=first))

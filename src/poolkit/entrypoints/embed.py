@@ -1,4 +1,5 @@
-"""``poolkit embed INPUT --out DIR``: embed a corpus into resumable Parquet shards (see :mod:`poolkit.corpus`)."""
+"""``poolkit embed INPUT --out DIR``: embed a corpus (a text column, or an image column for image-text models)
+into resumable Parquet shards (see :mod:`poolkit.corpus`)."""
 
 from __future__ import annotations
 
@@ -48,7 +49,11 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                      help="where shards run: local (this process) or an installed executor, registered under "
                           f"the {ENTRY_POINT_GROUP!r} entry points (ray: Ray Data actor pool, with poolkit-ray; "
                           "lightning: Trainer.predict, with poolkit-lightning); default: %(default)s")
-    job.add_argument("--text-column", default="text", help="field/column with the text (default: %(default)s)")
+    job.add_argument("--text-column", default=None, help="field/column with the text (default: text)")
+    job.add_argument("--image-column", default=None, metavar="COLUMN",
+                     help="embed images instead of texts, with an image-text model (CLIP, SigLIP): the field/column "
+                          "with image file paths (relative ones from the input file's folder) or, in Parquet, "
+                          "encoded image bytes; replaces --text-column. Output shards as for texts")
     job.add_argument("--id-column", default="id",
                      help="field/column with row ids (default: %(default)s; if absent, row numbers are the ids)")
     job.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
@@ -101,6 +106,8 @@ def run_embed(args: argparse.Namespace) -> int:
         settings = engine_args(args)
         if settings.task not in ("auto", "embed"):
             raise ValueError("--task must be embed (or auto)")
+        if args.image_column is not None and args.text_column is not None:
+            raise ValueError("--text-column and --image-column: a job embeds one column, give one of them")
         if args.chunked and args.truncate not in (-1, None):
             raise ValueError(f"--chunked embeds whole texts (in chunks) and cannot be combined with "
                              f"--truncate {args.truncate}; drop one of them")
@@ -119,8 +126,9 @@ def _embed_from_args(args: argparse.Namespace, settings: Any) -> CorpusSummary:
     changed = {f.name: getattr(settings, f.name) for f in setting_fields(EngineArgs)
                if f.name not in ("model", "task", "device") and getattr(settings, f.name) != getattr(defaults, f.name)}
     return embed_corpus(
-        args.input, args.out, model=settings.model, engine=args.engine, text_column=args.text_column,
-        id_column=args.id_column or None, shard_size=args.shard_size, batch_size=args.batch_size,
+        args.input, args.out, model=settings.model, engine=args.engine, text_column=args.text_column or "text",
+        image_column=args.image_column, id_column=args.id_column or None, shard_size=args.shard_size,
+        batch_size=args.batch_size,
         dimensions=args.dimensions, truncate=args.truncate, workers=args.workers,
         gpus_per_worker=args.gpus_per_worker, device=None if settings.device == "auto" else settings.device,
         overwrite=args.overwrite, max_shards=args.max_shards, progress=False if args.no_progress else None,
