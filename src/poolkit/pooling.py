@@ -42,15 +42,31 @@ def apply_activation(logits: torch.Tensor, activation: Activation) -> torch.Tens
     return logits
 
 
+def sequence_rows(lengths: torch.Tensor) -> torch.Tensor:
+    """The sequence of each token of packed ``(T, D)`` states."""
+    return torch.repeat_interleave(torch.arange(lengths.shape[0], device=lengths.device), lengths)
+
+
+def select_sequences(states: torch.Tensor, lengths: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+    """The states of sequences ``rows`` (packed ``(T, D)`` or padded ``(B, L, D)``), in the same form."""
+    if states.dim() != 2:
+        return states.index_select(0, torch.tensor(list(rows), device=states.device))
+    begins = (torch.cumsum(lengths, 0) - lengths).tolist()
+    sizes = lengths.tolist()
+    return torch.cat([states[begins[r]:begins[r] + sizes[r]] for r in rows])
+
+
 def pool_sequences(
     states: torch.Tensor, lengths: torch.Tensor, pooling_type: PoolingType, starts: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Reduce right-padded ``(B, L, D)`` states to ``(B, D)`` using true lengths.
+    """Reduce packed ``(T, D)`` or right-padded ``(B, L, D)`` states to ``(B, D)`` using true lengths.
 
     ``starts``: per row, the first token to pool (tokens before it are a prompt
     that pooling leaves out; CLS then takes the first token after the prompt, as
     sentence-transformers does).
     """
+    if states.dim() == 2:
+        return _pool_packed(states, lengths, pooling_type, starts)
     states = states.float()
     rows = torch.arange(states.shape[0], device=states.device)
     if pooling_type is PoolingType.CLS:
@@ -67,6 +83,26 @@ def pool_sequences(
     raise ValueError(f"{pooling_type.value} pooling yields per-token outputs, not one vector")
 
 
+def _pool_packed(states: torch.Tensor, lengths: torch.Tensor, pooling_type: PoolingType,
+                 starts: torch.Tensor | None) -> torch.Tensor:
+    ends = torch.cumsum(lengths, 0)
+    begins = ends - lengths
+    if pooling_type is PoolingType.CLS:
+        return states[begins if starts is None else begins + starts].float()
+    if pooling_type is PoolingType.LAST:
+        return states[ends - 1].float()
+    if pooling_type is PoolingType.MEAN:
+        rows = sequence_rows(lengths)
+        counts = lengths
+        tokens = states
+        if starts is not None:
+            keep = torch.arange(states.shape[0], device=states.device) - begins[rows] >= starts[rows]
+            rows, tokens, counts = rows[keep], states[keep], lengths - starts
+        sums = torch.zeros(lengths.shape[0], states.shape[1], dtype=torch.float32, device=states.device)
+        return sums.index_add_(0, rows, tokens.float()) / counts[:, None].float()
+    raise ValueError(f"{pooling_type.value} pooling yields per-token outputs, not one vector")
+
+
 def pool_tokens(
     states: torch.Tensor,
     lengths: torch.Tensor,
@@ -75,10 +111,11 @@ def pool_tokens(
     step_tag_id: int | None = None,
     returned_token_ids: Sequence[int] | None = None,
 ) -> list[torch.Tensor]:
-    """ALL / STEP pooling: one ``(tokens, D)`` tensor per sequence."""
+    """ALL / STEP pooling: one ``(tokens, D)`` tensor per sequence (packed or padded states)."""
     out = []
+    packed = torch.split(states, lengths.tolist()) if states.dim() == 2 else None
     for row, length in enumerate(lengths.tolist()):
-        tokens = states[row, :length].float()
+        tokens = (packed[row] if packed is not None else states[row, :length]).float()
         if returned_token_ids:
             tokens = tokens[:, list(returned_token_ids)]
         if pooling_type is PoolingType.STEP and step_tag_id is not None:
@@ -125,8 +162,8 @@ class Pooler(nn.Module):
         for kind in kinds:  # a merged server batch may ask different outputs of one model (BGE-M3)
             rows = [i for i, opt in enumerate(options) if opt.output == kind]
             index = torch.tensor(rows, device=states.device)
-            sub = (states.index_select(0, index), lengths.index_select(0, index), [prompts[i] for i in rows],
-                   [options[i] for i in rows])
+            sub = (select_sequences(states, lengths, rows), lengths.index_select(0, index),
+                   [prompts[i] for i in rows], [options[i] for i in rows])
             for i, value in zip(rows, self._by_kind(kind, *sub)):
                 results[i] = value
         return results

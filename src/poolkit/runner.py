@@ -245,9 +245,9 @@ class ModelRunner:
     spent on padding. Padded: right-padded to a multiple of 8 (or to a length
     bucket when compiled), with an attention mask.
 
-    Returns ``(states, lengths)``: ``states`` is ``(B, L, D)`` hidden states or
-    per-token logits (right-padded either way), or ``(B, C)`` logits for models
-    whose own head pooled.
+    Returns ``(states, lengths)``: ``states`` is ``(T, D)`` packed hidden states
+    (the sequences' tokens end to end), ``(B, L, D)`` right-padded hidden states or
+    per-token logits, or ``(B, C)`` logits for models whose own head pooled.
     """
 
     def __init__(
@@ -349,9 +349,9 @@ class ModelRunner:
             if not diff <= 0.02 * (1 + float(padded.abs().max())):
                 return f"packed and padded logits differ (by {diff:.4f})"
             return None
-        for row, prompt in enumerate(prompts):
+        for row, (tokens, prompt) in enumerate(zip(torch.split(packed, [len(p) for p in prompts]), prompts)):
             n = len(prompt)
-            cos = F.cosine_similarity(packed[row, :n].float(), padded[row, :n].float(), dim=-1).min()
+            cos = F.cosine_similarity(tokens.float(), padded[row, :n].float(), dim=-1).min()
             if not cos >= 0.99:  # bf16 kernels differ by ~1e-3; a wrong position or mask is far off
                 return f"packed and padded outputs differ (token cosine {float(cos):.4f})"
         return None
@@ -417,15 +417,15 @@ class ModelRunner:
             kwargs["token_type_ids"] = self._to_device(
                 torch.tensor(list(itertools.chain.from_iterable(token_types)) + [0] * filler, dtype=torch.long)[None]
             )
-        states = self._packed_model(**kwargs).last_hidden_state[0]
-        # Back to right-padded rows: the pooler works on (B, L, D) with lengths.
+        states = self._packed_model(**kwargs).last_hidden_state[0, :total]
+        if self._packed_head is None:
+            # The pooler takes packed (T, D) states as they are: no padded grid to build or to reduce.
+            return states, lengths.to(self.device)
+        # A transformers head runs on right-padded rows, as it was written for.
         width = max(sizes)
         slots = self._to_device(rows * width + offsets)
-        grid = states.new_zeros(len(sizes) * width, states.shape[-1]).index_copy_(0, slots, states[:total])
-        grid = grid.view(len(sizes), width, -1)
-        if self._packed_head is not None:
-            return self._packed_head(grid), lengths.to(self.device)
-        return grid, lengths.to(self.device)
+        grid = states.new_zeros(len(sizes) * width, states.shape[-1]).index_copy_(0, slots, states)
+        return self._packed_head(grid.view(len(sizes), width, -1)), lengths.to(self.device)
 
     def _execute_padded(self, batch: Sequence[TokenizedPrompt]) -> tuple[torch.Tensor, torch.Tensor]:
         rows = len(batch)

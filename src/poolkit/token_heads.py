@@ -53,7 +53,9 @@ def check_masked_lm_split(model: nn.Module, head: nn.Module) -> None:
 
 
 def valid_tokens(states: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``(T, D)`` states of all real tokens, row by row, and each token's row."""
+    """The ``(T, D)`` states of all real tokens, row by row, and each token's row (packed states already are)."""
+    if states.dim() == 2:
+        return states, torch.repeat_interleave(torch.arange(lengths.shape[0], device=states.device), lengths)
     keep = torch.arange(states.shape[1], device=states.device)[None, :] < lengths[:, None]
     rows = torch.arange(states.shape[0], device=states.device)[:, None].expand_as(keep)
     return states[keep], rows[keep]
@@ -76,7 +78,7 @@ class SparseHead(nn.Module):
     def forward(self, states: torch.Tensor, lengths: torch.Tensor, input_ids: Sequence[Sequence[int]]) -> torch.Tensor:
         tokens, rows = valid_tokens(states, lengths)
         dtype = next(self.projection.parameters()).dtype
-        out = torch.zeros(states.shape[0], self.spec.vocab_size, dtype=torch.float32, device=states.device)
+        out = torch.zeros(lengths.shape[0], self.spec.vocab_size, dtype=torch.float32, device=states.device)
         if self.spec.source == "lexical":
             ids = torch.tensor([i for seq, n in zip(input_ids, lengths.tolist()) for i in seq[:n]], device=states.device)
             weights = torch.relu(self.projection(tokens.to(dtype))).float().squeeze(-1)
