@@ -1,5 +1,6 @@
 """Writes notebooks/04_multimodal.ipynb (run from the repository root: python notebooks/build/mk_nb04.py)."""
 import nbformat as nbf
+
 nb = nbf.v4.new_notebook()
 md, code = nbf.v4.new_markdown_cell, nbf.v4.new_code_cell
 cells = []
