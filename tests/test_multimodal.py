@@ -62,7 +62,7 @@ def image_prompt(image: object) -> dict:
     return {"multi_modal_data": {"image": image}}
 
 
-@pytest.fixture(scope="module", params=["clip", "siglip"])
+@pytest.fixture(scope="module", params=["clip", "siglip", "siglip2"])
 def tower(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, LLM]:
     path = build_tiny_checkpoint(tmp_path_factory.mktemp(request.param), request.param)
     return request.param, path, LLM(str(path), dtype="float32")
@@ -78,7 +78,7 @@ def reference(kind: str, path: Path, texts: list[str], images: list[Image.Image]
 
     model = AutoModel.from_pretrained(str(path), dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(path))
-    padding = {"padding": "max_length", "max_length": 64} if kind == "siglip" else {"padding": True}
+    padding = {"padding": "max_length", "max_length": 64} if kind.startswith("siglip") else {"padding": True}
     encoded = tokenizer(texts, return_tensors="pt", **padding)
     text_inputs = {k: v for k, v in encoded.items() if k in ("input_ids", "attention_mask")}
     pixels = AutoImageProcessor.from_pretrained(str(path))(images=images, return_tensors="pt")

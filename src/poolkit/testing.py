@@ -28,6 +28,7 @@ Kind = Literal[
     "llm-reranker",      # Qwen3ForCausalLM whose LM head answers "yes"/"no" (Qwen3-Reranker style)
     "clip",              # CLIPModel (text and image towers, 32x32 images in 8x8 patches) with its image processor
     "siglip",            # SiglipModel (texts padded to 64 tokens, as its processor does) with its image processor
+    "siglip2",           # Siglip2Model (NaFlex patches; its tokenizer pads on the left) with its image processor
 ]
 
 SAMPLE_TEXTS = [
@@ -172,6 +173,13 @@ def build_tiny_checkpoint(path: str | Path, kind: Kind, *, seed: int = 0, paddin
                              "pad_token_id": tokenizer.pad_token_id},
                 vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                                "num_attention_heads": 4, "image_size": 32, "patch_size": 8}))
+        elif kind == "siglip2":
+            model = tf.Siglip2Model(tf.Siglip2Config(
+                text_config={"vocab_size": vocab, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                             "num_attention_heads": 4, "max_position_embeddings": 64,
+                             "pad_token_id": tokenizer.pad_token_id},
+                vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                               "num_attention_heads": 4, "patch_size": 8, "num_patches": 16}))
         else:
             raise ValueError(f"Unknown checkpoint kind {kind!r}")
     # Random init leaves tiny weights; scale the head up so activations are not all ~0.5.
@@ -187,6 +195,8 @@ def build_tiny_checkpoint(path: str | Path, kind: Kind, *, seed: int = 0, paddin
         tf.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
     elif kind == "siglip":
         tf.SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
+    elif kind == "siglip2":
+        tf.Siglip2ImageProcessor(patch_size=8, max_num_patches=16).save_pretrained(path)
     return path
 
 

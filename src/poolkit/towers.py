@@ -30,8 +30,9 @@ class TowerRunner:
     """Runs texts through the text tower and images through the vision tower, as the model's processor feeds them.
 
     Text padding follows the family: SigLIP was trained on texts padded to the full text length (its
-    processor's ``padding="max_length"``, pooling the last position), CLIP on right-padded texts whose EOS
-    token it pools. Only the inputs the tokenizer itself returns (``model_input_names``) are passed.
+    processor's ``padding="max_length"``, pooling the last position), CLIP on padded texts whose EOS token
+    it pools. Texts are padded on the tokenizer's ``padding_side`` (SigLIP2's is left), and only the inputs
+    the tokenizer itself returns (``model_input_names``) are passed.
     """
 
     packing = False
@@ -47,6 +48,7 @@ class TowerRunner:
         self.max_model_len = model_config.max_model_len
         self.pad_to_max = model_config.tower == "siglip"
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.pad_left = tokenizer.padding_side == "left"  # SigLIP2's tokenizer: its towers pool the last position
         self.use_attention_mask = "attention_mask" in tokenizer.model_input_names
         self.prepacked_linears = prepack_cpu_linears(self.model) if device.type == "cpu" and cpu_prepack else 0
 
@@ -77,8 +79,9 @@ class TowerRunner:
         input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for row, prompt in enumerate(prompts):
-            input_ids[row, :len(prompt)] = torch.as_tensor(prompt.input_ids)
-            mask[row, :len(prompt)] = 1
+            span = slice(width - len(prompt), width) if self.pad_left else slice(0, len(prompt))
+            input_ids[row, span] = torch.as_tensor(prompt.input_ids)
+            mask[row, span] = 1
         kwargs = {"input_ids": input_ids.to(self.device)}
         if self.use_attention_mask:
             kwargs["attention_mask"] = mask.to(self.device)
