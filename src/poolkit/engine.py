@@ -287,6 +287,8 @@ class LLM:
         head = ""
         if mc.classifier_from_token is not None:
             head = f"classifier_from_token={mc.classifier_from_token.tokens} ({mc.classifier_from_token.method}), "
+        # the pooler config describes dense embeddings; sparse and multi-vector heads are described below
+        pooler = f"pooler={mc.pooler_config!r}, " if mc.default_output == "dense" else ""
         if mc.tower is not None:
             head += f"modalities={list(mc.modalities)}, "
         if mc.outputs != ("dense",):
@@ -297,7 +299,7 @@ class LLM:
                 head += f"multi_vector=dim {mc.multi_vector.dim} ({mc.multi_vector.similarity}), "
         return (
             f"LLM(model={mc.served_model_name!r}, task={mc.task!r}, architecture={mc.architecture}, "
-            f"{head}pooler={mc.pooler_config!r}, max_model_len={mc.max_model_len}, device={runner.device}, "
+            f"{head}{pooler}max_model_len={mc.max_model_len}, device={runner.device}, "
             f"dtype={runner.dtype}, packing={runner.packing}{padded}, compiled={runner.compiled}, "
             f"max_num_batched_tokens={self.engine.scheduler_config.max_num_batched_tokens}, "
             f"settings=EngineArgs({describe(self.args, only_changed=True)}))"
