@@ -24,7 +24,8 @@ TEXTS = SAMPLE_TEXTS + ["short", "x", "a somewhat longer sentence about vector s
 
 
 def test_length_runs_group_consecutive_equal_lengths() -> None:
-    assert length_runs([5, 5, 3, 5]) == [(0, 2, 5), (10, 1, 3), (13, 1, 5)]
+    assert length_runs([5, 5, 3, 5]) == [(0, 2, 5, 5), (10, 1, 3, 3), (13, 1, 5, 5)]
+    assert length_runs([5, 5, 5], keys=[5, 3, 3]) == [(0, 1, 5, 5), (5, 2, 5, 3)]
     assert length_runs([]) == []
 
 

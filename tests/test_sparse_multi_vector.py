@@ -232,15 +232,39 @@ def test_multi_vector_batched_equals_single(multi_vector: LLM) -> None:
         np.testing.assert_allclose(single.outputs.numpy(), whole.outputs.numpy(), atol=1e-5)
 
 
-def test_colbert_query_expansion_is_refused(multi_vector_path: Path, tmp_path: Path) -> None:
-    import shutil
+@pytest.mark.parametrize("expansion", [
+    {"strategy": "fixed", "attend": False, "length": 16},   # classic ColBERT: nothing attends to the [MASK]s
+    {"strategy": "fixed", "attend": True, "length": 16},
+    {"strategy": "min", "attend": False, "length": 12},
+])
+@pytest.mark.parametrize("packing", ["auto", "off"])
+def test_colbert_query_expansion_matches_multi_vector_encoder(tmp_path: Path, expansion: dict, packing: str) -> None:
+    from sentence_transformers import MultiVectorEncoder
 
-    path = Path(shutil.copytree(multi_vector_path, tmp_path / "expansion"))
-    config = json.loads((path / "sentence_bert_config.json").read_text())
-    config["query_expansion"] = {"strategy": "fixed", "attend": True, "length": 32}
-    (path / "sentence_bert_config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="query_expansion"):
-        LLM(str(path), dtype="float32")
+    path = build_multi_vector_encoder(tmp_path, query_expansion=expansion, query_length=20, document_length=14)
+    model = MultiVectorEncoder(str(path), device="cpu")
+    llm = LLM(str(path), dtype="float32", packing=packing)
+    queries = [QUERY, "fox", TEXTS[6], SAMPLE_TEXTS[0] + " " + SAMPLE_TEXTS[1]]  # the last one is over length
+    cut = {"truncate_prompt_tokens": -1}
+    got = llm.embed(queries, prompt_name="query", **cut)
+    for output, expected in zip(got, model.encode_query(queries)):
+        assert_same_tokens(output.outputs, expected)
+    for output, expected in zip(llm.embed(TEXTS, **cut), model.encode_document(TEXTS)):
+        assert_same_tokens(output.outputs, expected)
+    expected_scores = model.similarity(model.encode_query([QUERY]), model.encode_document(TEXTS)).numpy()[0]
+    scores = [o.outputs.score for o in llm.score(QUERY, TEXTS, **cut)]
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="more than the 14 this model takes in a document"):
+        llm.embed(SAMPLE_TEXTS[0] + " " + SAMPLE_TEXTS[1])
+
+
+def test_query_expansion_batched_equals_single(tmp_path: Path) -> None:
+    path = build_multi_vector_encoder(tmp_path, query_expansion={"strategy": "fixed", "attend": False, "length": 16})
+    llm = LLM(str(path), dtype="float32")
+    batched = llm.embed([*TEXTS[:4], *TEXTS[:4]], prompt_name="query")
+    for text, whole in zip(TEXTS[:4], batched):
+        (single,) = llm.embed(text, prompt_name="query")
+        np.testing.assert_allclose(single.outputs.numpy(), whole.outputs.numpy(), atol=1e-5)
 
 
 # -- BGE-M3 -----------------------------------------------------------------------------------------

@@ -38,15 +38,19 @@ ATTN_IMPLEMENTATION = "poolkit_varlen"
 # Attention scores materialised per CPU chunk (elements): 8 MiB in fp32, cache-sized.
 SCORES_PER_CHUNK = 1 << 21
 
-Run = tuple[int, int, int]  # (first token, number of sequences, their length)
+Run = tuple[int, int, int, int]  # (first token, number of sequences, their length, keys each query sees)
 
 
-def length_runs(lengths: Sequence[int]) -> list[Run]:
-    """Consecutive sequences of equal length, as ``(first token, count, length)``."""
+def length_runs(lengths: Sequence[int], keys: Sequence[int] | None = None) -> list[Run]:
+    """Consecutive sequences of equal length (and equal visible keys), as ``(first token, count, length, keys)``.
+
+    ``keys``: per sequence, how many of its first tokens every token attends to (default: all). ColBERT-style
+    query expansion appends tokens that attend to the query but that nothing attends to.
+    """
     runs, start = [], 0
-    for length, group in itertools.groupby(lengths):
+    for (length, visible), group in itertools.groupby(zip(lengths, keys if keys is not None else lengths)):
         count = len(list(group))
-        runs.append((start, count, length))
+        runs.append((start, count, length, visible))
         start += count * length
     return runs
 
@@ -89,13 +93,16 @@ def run_attention(
     groups = heads // key.shape[0]
     out = query.new_empty(tokens, heads, dim)
     on_cpu = query.device.type == "cpu"
-    for start, count, length in runs:
+    for start, count, length, visible in runs:
         blocked = blocked_positions(length, causal, window, query.device)
+        if blocked is not None and visible < length:
+            blocked = blocked[:, :visible]
         step = max(1, SCORES_PER_CHUNK // (heads * length * length)) if on_cpu else count
         for first in range(0, count, step):
             n = min(step, count - first)
             span = slice(start + first * length, start + (first + n) * length)
             q, k, v = (t[:, span].unflatten(1, (n, length)).transpose(0, 1) for t in (query, key, value))
+            k, v = k[:, :, :visible], v[:, :, :visible]
             if groups > 1:
                 k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
             if on_cpu:
@@ -166,11 +173,12 @@ def varlen_attention_forward(
     window = kwargs.get("sliding_window")
     window = int(window) if window is not None and max_len > window else None
     q, k, v = query[0], key[0], value[0]  # transformers hands (1, H, T, d)
-    if use_flash_varlen(q.device, q.dtype):
+    # The runner computes the runs once per batch; every layer reuses them.
+    runs = kwargs.get("packed_runs") or length_runs(cu_seq_lens.diff().tolist())
+    partial_keys = any(visible < length for _, _, length, visible in runs)  # expanded queries: run by run
+    if use_flash_varlen(q.device, q.dtype) and not partial_keys:
         out = _flash_varlen(q, k, v, cu_seq_lens, max_len, scaling, causal, window)
     else:
-        # The runner computes the runs once per batch; every layer reuses them.
-        runs = kwargs.get("packed_runs") or length_runs(cu_seq_lens.diff().tolist())
         out = run_attention(q, k, v, runs, scaling, causal, window)
     return out.unsqueeze(0), None
 

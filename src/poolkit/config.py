@@ -154,6 +154,10 @@ class MultiVectorSpec:
     ``skiplist_words`` are dropped from the vectors of the roles in ``skiplist_roles`` (documents by default).
     ``similarity``: ``maxsim`` (sum over query tokens of the best document token's dot product) or
     ``meanmaxsim`` (divided by the query's token count, as BGE-M3 scores).
+    ``query_length`` / ``document_length``: the most tokens of a query / document (sentence-transformers'
+    per-role lengths). ``expansion``: ColBERT query expansion (``strategy`` ``fixed`` or ``min``, ``length``,
+    ``attend``, ``token``): queries shorter than ``length`` are padded with the expansion token to it (``fixed``:
+    ``length`` is also their maximum); with ``attend`` false no token attends to the expansion tokens.
     """
 
     dim: int
@@ -163,6 +167,9 @@ class MultiVectorSpec:
     skiplist_words: list[str] = field(default_factory=list)
     skiplist_roles: list[str] = field(default_factory=lambda: ["document"])
     similarity: Literal["maxsim", "meanmaxsim"] = "maxsim"
+    query_length: int | None = None
+    document_length: int | None = None
+    expansion: dict[str, Any] | None = None
 
 
 @dataclass

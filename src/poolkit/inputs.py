@@ -60,6 +60,9 @@ class TokenizedPrompt:
     # (the vision tower's tokens: patches + class token).
     image: dict[str, np.ndarray] | None = None
     image_tokens: int = 0
+    # Tokens every token may attend to, counted from the start (None: all). ColBERT query expansion appends
+    # tokens that attend to the query while no token attends to them (sentence-transformers' attend=False).
+    attend_len: int | None = None
 
     def __post_init__(self) -> None:
         if self.num_input_tokens < 0:

@@ -122,9 +122,24 @@ def check_sentence_transformers_modules(modules: list[dict[str, Any]]) -> None:
         )
 
 
-# Transformer-module settings of ColBERT-style query expansion and per-role lengths, which this engine does not
-# reproduce (it never cuts or pads inputs on its own).
-_UNSUPPORTED_TRANSFORMER_KEYS = ("query_expansion", "query_length", "document_length")
+# Transformer-module settings of ColBERT-style models: per-role lengths and query expansion.
+_MULTI_VECTOR_TRANSFORMER_KEYS = ("query_expansion", "query_length", "document_length")
+_EXPANSION_KEYS = {"strategy", "attend", "token", "length"}
+
+
+def read_query_expansion(value: Any, query_length: int | None) -> dict[str, Any] | None:
+    """sentence-transformers' ``query_expansion`` config, checked as it checks it."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) - _EXPANSION_KEYS or value.get("strategy") not in ("fixed", "min"):
+        raise ValueError(f"Unsupported query_expansion {value!r}: expected strategy fixed or min, length, attend, token")
+    length = value.get("length")
+    if not isinstance(length, int) or isinstance(length, bool) or length < 1:
+        raise ValueError(f"query_expansion needs a positive length, got {value!r}")
+    if query_length is not None and query_length < length:
+        raise ValueError(f"query_length={query_length} is smaller than query_expansion length {length}")
+    return {"strategy": value["strategy"], "length": length, "attend": bool(value.get("attend", False)),
+            "token": value.get("token")}
 
 
 def read_sentence_transformers(files: CheckpointFiles) -> dict[str, Any]:
@@ -146,10 +161,7 @@ def read_sentence_transformers(files: CheckpointFiles) -> dict[str, Any]:
             found["two_tower"] = True
         if kind in ("Transformer", "MLMTransformer", "CLIPModel"):
             transformer_cfg = files.json(f"{path}/sentence_bert_config.json" if path else "sentence_bert_config.json") or {}
-            set_keys = [k for k in _UNSUPPORTED_TRANSFORMER_KEYS if transformer_cfg.get(k) is not None]
-            if set_keys:
-                raise ValueError(f"Unsupported Sentence-Transformers Transformer settings {', '.join(set_keys)} "
-                                 f"(ColBERT-style query expansion / per-role lengths): {transformer_cfg}")
+            found["transformer"] = {k: transformer_cfg.get(k) for k in _MULTI_VECTOR_TRANSFORMER_KEYS}
             found["masked_lm"] = kind == "MLMTransformer" or transformer_cfg.get("transformer_task") == "fill-mask"
         elif kind == "Pooling":
             mode = cfg.get("pooling_mode")
@@ -186,12 +198,16 @@ def read_sentence_transformers(files: CheckpointFiles) -> dict[str, Any]:
     found["prompts"] = st_cfg.get("prompts") or {}
     found["default_prompt_name"] = st_cfg.get("default_prompt_name")
     model_type = st_cfg.get("model_type")
+    transformer = found.pop("transformer", {})
     if model_type == "MultiVectorEncoder" or "multi_vector_mask" in found:
         mask = found.pop("multi_vector_mask", None) or {}
         if mask.get("keep_only_token_ids"):
             raise ValueError(f"Unsupported MultiVectorMask setting keep_only_token_ids (image-patch documents): {mask}")
         roles = mask.get("skiplist_tasks") or ["document"]
         found["multi_vector"] = MultiVectorSpec(
+            query_length=transformer.get("query_length"),
+            document_length=transformer.get("document_length"),
+            expansion=read_query_expansion(transformer.get("query_expansion"), transformer.get("query_length")),
             dim=token_dense[-1].out_features if token_dense else 0,
             dense=token_dense,
             normalize=bool(found.pop("normalize_tokens", False)),
@@ -199,6 +215,9 @@ def read_sentence_transformers(files: CheckpointFiles) -> dict[str, Any]:
             skiplist_roles=[roles] if isinstance(roles, str) else list(roles),
             similarity="meanmaxsim" if st_cfg.get("similarity_fn_name") == "meanmaxsim" else "maxsim",
         )
+    elif any(v is not None for v in transformer.values()):
+        raise ValueError("Sentence-Transformers Transformer settings for ColBERT-style models (query_expansion, "
+                         "query_length, document_length) in a model that is not a MultiVectorEncoder")
     elif token_dense or found.get("normalize_tokens"):
         raise ValueError("Sentence-Transformers modules act on token embeddings, but the model is not a "
                          "MultiVectorEncoder (no MultiVectorMask)")

@@ -410,7 +410,8 @@ class ModelRunner:
             "cu_seq_lens_k": cu_seq_lens,
             "max_length_q": max_len,
             "max_length_k": max_len,
-            "packed_runs": attention.length_runs(seq_sizes),
+            "packed_runs": attention.length_runs(
+                seq_sizes, [p.attend_len or len(p) for p in batch] + ([filler] if filler else [])),
         }
         if self.accepts_token_types and any(p.token_type_ids is not None for p in batch):
             token_types = [p.token_type_ids if p.token_type_ids is not None else [0] * len(p) for p in batch]
@@ -440,7 +441,7 @@ class ModelRunner:
         for row, prompt in enumerate(batch):
             n = len(prompt)
             input_ids[row, :n] = torch.as_tensor(prompt.input_ids)
-            attention_mask[row, :n] = 1
+            attention_mask[row, :prompt.attend_len or n] = 1
             if token_type_ids is not None and prompt.token_type_ids is not None:
                 token_type_ids[row, :n] = torch.as_tensor(prompt.token_type_ids)
         attention_mask[rows:, 0] = 1  # padding rows attend to one token so softmax stays finite

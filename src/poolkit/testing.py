@@ -263,9 +263,12 @@ def build_sparse_encoder(path: str | Path, *, seed: int = 0, pooling_strategy: s
 
 
 def build_multi_vector_encoder(path: str | Path, *, seed: int = 0, dim: int = 16,
-                               skiplist_words: Iterable[str] = (".", ",", "?", "!")) -> Path:
+                               skiplist_words: Iterable[str] = (".", ",", "?", "!"),
+                               query_expansion: dict[str, Any] | None = None, query_length: int | None = None,
+                               document_length: int | None = None) -> Path:
     """A tiny random ColBERT-style model saved by sentence-transformers' ``MultiVectorEncoder``
-    (``BertModel`` + ``Dense`` projection + a punctuation skiplist for documents + ``Normalize``)."""
+    (``BertModel`` + ``Dense`` projection + a punctuation skiplist for documents + ``Normalize``), optionally
+    with ColBERT query expansion and per-role lengths on its Transformer module."""
     import transformers as tf
     from sentence_transformers import MultiVectorEncoder
     from sentence_transformers.base.modules import Dense, Normalize, Transformer
@@ -276,7 +279,8 @@ def build_multi_vector_encoder(path: str | Path, *, seed: int = 0, dim: int = 16
     tokenizer = build_wordpiece_tokenizer(path)
     model = tf.BertModel(_bert_config(len(tokenizer)), add_pooling_layer=False)
     model.save_pretrained(str(path))
-    transformer = Transformer(str(path), max_seq_length=128)
+    transformer = Transformer(str(path), max_seq_length=128, query_length=query_length,
+                              document_length=document_length, query_expansion=query_expansion)
     hidden = transformer.get_embedding_dimension()
     dense = Dense(hidden, dim, bias=False, activation_function=torch.nn.Identity(),
                   module_input_name="token_embeddings", module_output_name="token_embeddings")

@@ -43,6 +43,7 @@ class EmbedTask(Task):
             prompted, options, truncate_prompt_tokens, first_index, enable_chunked_processing,
             adjust=lambda tokenized: self.exclude_prompt(text, prompted, tokenized), truncation_side=truncation_side,
             keep_text_start=self.prompt_length(text) if text is not None and truncation_side == "left" else 0)
+        self.fit_roles(tokens, run_options, truncate_prompt_tokens, first_index, truncation_side)
         return PreparedRequest(self.name, tokens, run_options, state=plan, first_index=first_index,
                                num_inputs=len(items))
 
@@ -53,6 +54,51 @@ class EmbedTask(Task):
         if prompt_name not in QUERY_PROMPT_NAMES:
             return options
         return [dataclasses.replace(opt, role="query") for opt in options]
+
+    def fit_roles(self, tokens: list[TokenizedPrompt], options: Sequence[HeadOptions],
+                  truncate_prompt_tokens: int | None, first_index: int = 0,
+                  truncation_side: TruncationSide | None = None) -> None:
+        """Multi-vector models: each role's length limit (``query_length`` / ``document_length``), and ColBERT
+        query expansion (queries padded with the expansion token; with ``attend`` off, nothing attends to it)."""
+        spec = self.model_config.multi_vector
+        if spec is None:
+            return
+        expansion = spec.expansion
+        for index, (token, option) in enumerate(zip(tokens, options), start=first_index):
+            if option.output != "multi_vector":
+                continue
+            query = option.role == "query"
+            limit = spec.query_length if query else spec.document_length
+            if query and expansion is not None and expansion["strategy"] == "fixed":
+                limit = expansion["length"]  # fixed: every query is exactly this long
+            if limit is not None and len(token) > limit:
+                role = "query" if query else "document"
+                if truncate_prompt_tokens is None:
+                    raise ValueError(
+                        f"Prompt {index} has {len(token)} tokens, more than the {limit} this model takes in a {role}. "
+                        f"Shorten it, or pass truncate_prompt_tokens=-1 (truncate to the limit).")
+                original = token.num_input_tokens
+                token.input_ids = self.processor.truncate_ids(token.input_ids, limit, truncation_side)
+                token.num_input_tokens = original
+            if query and expansion is not None and len(token) < expansion["length"]:
+                real = len(token)
+                token.input_ids = token.input_ids + [self.expansion_token_id] * (expansion["length"] - real)
+                if token.token_type_ids is not None:
+                    token.token_type_ids = token.token_type_ids + [0] * (expansion["length"] - real)
+                if not expansion["attend"]:
+                    token.attend_len = real
+
+    @property
+    def expansion_token_id(self) -> int:
+        """The query expansion token: the configured one, else ``[MASK]``, else EOS (sentence-transformers' rule)."""
+        tokenizer = self.processor.tokenizer
+        expansion = self.model_config.multi_vector.expansion if self.model_config.multi_vector else None
+        if expansion is not None and expansion.get("token") is not None:
+            return int(tokenizer.convert_tokens_to_ids(expansion["token"]))
+        token_id = tokenizer.mask_token_id if tokenizer.mask_token_id is not None else tokenizer.eos_token_id
+        if token_id is None:
+            raise ValueError("query_expansion needs an expansion token: the tokenizer has no mask or EOS token")
+        return int(token_id)
 
     def tokenize(self, items: list[Prompt], truncate_prompt_tokens: int | None, prompt: str | None,
                  prompt_name: str | None, first_index: int = 0) -> list[TokenizedPrompt]:

@@ -130,9 +130,10 @@ class ScoreTask(Task):
         keys += [(("document",) if roles else ()) + (prompt_key(p),) for p in right]
         unique = dict(zip(keys, (*left, *right)))
         position = {key: i for i, key in enumerate(unique)}
-        tokens = EmbedTask(self.model_config, self.processor).tokenize(list(unique.values()), truncate_prompt_tokens,
-                                                                      None, None)
+        embed = EmbedTask(self.model_config, self.processor)
+        tokens = embed.tokenize(list(unique.values()), truncate_prompt_tokens, None, None)
         options = [dataclasses.replace(option, role=str(key[0])) if roles else option for key in unique]
+        embed.fit_roles(tokens, options, truncate_prompt_tokens)
         pairs = EmbeddingPairs([position[k] for k in keys[:len(left)]], [position[k] for k in keys[len(left):]],
                                self.similarity(option.output))
         return PreparedRequest(self.name, tokens, options, state=pairs, num_inputs=len(left))

@@ -21,7 +21,9 @@ router = APIRouter(tags=["Embeddings"], responses=API_ERRORS)
 @router.post("/v1/embeddings", response_model=EmbeddingResponse, summary="Embed texts or token ids")
 async def create_embeddings(request: EmbeddingRequest, ctx: Context) -> ModelResponse:
     model = ctx.check_model(request.model)
-    if (request.input is None) == (request.messages is None):
+    if request.input is None and request.messages is None:
+        raise APIError(400, "input: Field required (or 'messages': chat-style input for image-text models)")
+    if request.input is not None and request.messages is not None:
         raise APIError(400, "Send either 'input' or 'messages' (chat-style, for image-text models), not both")
     if request.input is not None:
         prompts = ctx.prompts(request.input)
