@@ -186,6 +186,23 @@ def test_inference_free_sparse_modules_are_still_refused(splade_path: Path, tmp_
         LLM(str(path), dtype="float32")
 
 
+def test_router_checkpoints_are_refused_before_loading(splade_path: Path, tmp_path: Path) -> None:
+    """An inference-free SparseEncoder as sentence-transformers saves it (a Router: static weights for queries,
+    SPLADE for documents) keeps its transformers files in per-route folders: refused with our message."""
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.base.modules import Router, Transformer
+    from sentence_transformers.sparse_encoder.modules import SparseStaticEmbedding, SpladePooling
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(splade_path))
+    router = Router.for_query_document(
+        query_modules=[SparseStaticEmbedding(tokenizer=tokenizer, frozen=True)],
+        document_modules=[Transformer(str(splade_path), transformer_task="fill-mask"), SpladePooling("max")])
+    SparseEncoder(modules=[router], device="cpu").save(str(tmp_path / "router"))
+    with pytest.raises(ValueError, match=r"Unsupported Sentence-Transformers module .*Router.*inference-free"):
+        LLM(str(tmp_path / "router"), dtype="float32")
+
+
 # -- multi-vector -------------------------------------------------------------------------------------
 
 

@@ -103,7 +103,8 @@ SUPPORTED_ST_MODULES = ("Transformer", "Pooling", "Dense", "Normalize", "Dropout
 _ST_MODULE_HINTS = {
     "SparseStaticEmbedding": "an inference-free sparse encoder (a per-token weight table, usually behind a Router)",
     "StaticEmbedding": "a static (Model2Vec-style) embedding table, not a transformer",
-    "Router": "an asymmetric model that routes queries and documents through different modules",
+    "Router": "an asymmetric model that routes queries and documents through different modules (e.g. an "
+              "inference-free sparse encoder: static weights for queries, SPLADE for documents)",
 }
 
 
@@ -618,6 +619,8 @@ def resolve_activation(qualified_name: str) -> nn.Module:
 def load_model_config_and_tokenizer(args: EngineArgs) -> tuple[ModelConfig, Any]:
     """The resolved model config and the tokenizer for ``args`` (no weights are loaded)."""
     model_path = resolve_model_path(args.model)
+    # Before the tokenizer and config.json: a Router checkpoint keeps its transformers files in per-route folders.
+    check_sentence_transformers_modules(CheckpointFiles(model_path).json("modules.json") or [])
     tokenizer = load_tokenizer(model_path, args.trust_remote_code)
     tokenizer_limit = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else None
     model_config = build_model_config(
