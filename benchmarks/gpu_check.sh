@@ -8,6 +8,7 @@
 # 3) bert-base shape, random weights, 512-token inputs, bf16: FLOP/s as a fraction of peak
 # 4) the same model with ~32-token inputs: tokens/s
 # 5) mixed lengths 8..512: packed vs padded batches
+# 6) sparse, multi-vector and image-text heads on the device (bf16) vs the CPU in fp32
 # DEVICE=cpu SMALL=1 bash benchmarks/gpu_check.sh   runs the same steps, shrunk, on a CPU (a dry run).
 set -uo pipefail
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 POOLKIT_COMPILE=off
@@ -24,3 +25,5 @@ BENCH="$PY benchmarks/bench_throughput.py --random-model $SHAPE --device $DEVICE
 $BENCH --fixed-len 512 --texts $N512 --budget 65536
 $BENCH --fixed-len 32 --texts $N32 --budget 65536
 for packing in on off; do $BENCH --lengths 8:510 --texts $NMIX --budget 65536 --packing $packing; done
+# 6) sparse (SPLADE, BGE-M3), multi-vector (query expansion: partial keys) and CLIP heads on the device vs CPU fp32
+$PY benchmarks/device_parity.py --device "$DEVICE"
