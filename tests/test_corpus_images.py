@@ -238,13 +238,3 @@ def test_lightning_executor_embeds_images(clip, folder, files, reference, tmp_pa
                            engine=lightning.LightningExecutor(workers=1, device="cpu"), engine_kwargs=ENGINE)
     assert summary.complete
     np.testing.assert_allclose(embedding_matrix(read_corpus_embeddings(tmp_path / "out")), reference, atol=ATOL)
-
-
-def test_ray_executor_embeds_images(clip, folder, files, reference, tmp_path):
-    """The ``ray`` executor embeds whole shards with ``process_shard``: image rows take the same path as texts."""
-    ray_corpus = pytest.importorskip("poolkit_ray.corpus")
-    src = _write_parquet(tmp_path / "c.parquet", "path", [str(f) for f in files])
-    summary = embed_corpus(src, tmp_path / "out", model=clip, image_column="path", shard_size=2, progress=False,
-                           engine=ray_corpus.RayExecutor(workers=1, device="cpu"), engine_kwargs=ENGINE)
-    assert summary.complete
-    np.testing.assert_allclose(embedding_matrix(read_corpus_embeddings(tmp_path / "out")), reference, atol=ATOL)

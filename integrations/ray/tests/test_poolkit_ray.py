@@ -156,3 +156,24 @@ def test_corpus_executor_ray(ray_cluster, tiny_encoder, reference, tmp_path):
     again = embed_corpus(src, tmp_path / "out", model=tiny_encoder, engine="ray", shard_size=20, workers=2,
                          prompt="search: ", progress=False)
     assert again.rows == 0 and again.shards_skipped == 5
+
+
+def test_corpus_executor_ray_embeds_an_image_column(ray_cluster, tmp_path):
+    """``poolkit embed --image-column`` on the Ray executor: the workers prepare image rows as the local run does."""
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from poolkit.testing import build_tiny_checkpoint
+
+    clip = str(build_tiny_checkpoint(tmp_path / "clip", "clip"))
+    paths = []
+    for i, color in enumerate(("red", "green", "blue")):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.new("RGB", (24 + 8 * i, 32), color).save(paths[-1])
+    pq.write_table(pa.table({"path": paths}), tmp_path / "images.parquet")
+    summary = embed_corpus(tmp_path / "images.parquet", tmp_path / "out", model=clip, engine="ray", image_column="path",
+                           shard_size=2, workers=1, progress=False, engine_kwargs={"dtype": "float32"})
+    assert summary.complete and summary.rows == 3
+    expected = [o.outputs.numpy() for o in LLM(clip, dtype="float32").embed(
+        [{"multi_modal_data": {"image": p}} for p in paths])]
+    _assert_same(embedding_matrix(read_corpus_embeddings(tmp_path / "out")), np.stack(expected))
