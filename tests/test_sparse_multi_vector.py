@@ -186,21 +186,72 @@ def test_inference_free_sparse_modules_are_still_refused(splade_path: Path, tmp_
         LLM(str(path), dtype="float32")
 
 
-def test_router_checkpoints_are_refused_before_loading(splade_path: Path, tmp_path: Path) -> None:
-    """An inference-free SparseEncoder as sentence-transformers saves it (a Router: static weights for queries,
-    SPLADE for documents) keeps its transformers files in per-route folders: refused with our message."""
+@pytest.fixture(scope="module")
+def inference_free_path(splade_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An inference-free SparseEncoder as sentence-transformers saves it: a Router with static per-token weights
+    for queries (SparseStaticEmbedding) and SPLADE for documents, each in its own folder."""
     from sentence_transformers import SparseEncoder
     from sentence_transformers.base.modules import Router, Transformer
     from sentence_transformers.sparse_encoder.modules import SparseStaticEmbedding, SpladePooling
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(splade_path))
+    weights = torch.rand(len(tokenizer), generator=torch.Generator().manual_seed(3)) * 3
     router = Router.for_query_document(
-        query_modules=[SparseStaticEmbedding(tokenizer=tokenizer, frozen=True)],
+        query_modules=[SparseStaticEmbedding(tokenizer=tokenizer, weight=weights, frozen=True)],
         document_modules=[Transformer(str(splade_path), transformer_task="fill-mask"), SpladePooling("max")])
-    SparseEncoder(modules=[router], device="cpu").save(str(tmp_path / "router"))
-    with pytest.raises(ValueError, match=r"Unsupported Sentence-Transformers module .*Router.*inference-free"):
-        LLM(str(tmp_path / "router"), dtype="float32")
+    path = tmp_path_factory.mktemp("inference_free")
+    SparseEncoder(modules=[router], device="cpu").save(str(path))
+    return path
+
+
+def test_inference_free_sparse_encoder(inference_free_path: Path) -> None:
+    from sentence_transformers import SparseEncoder
+
+    model = SparseEncoder(str(inference_free_path), device="cpu")
+    llm = LLM(str(inference_free_path), dtype="float32")
+    assert llm.model_config.sparse.static_role == "query"
+    forward = []
+    run = llm.engine.runner.execute
+    llm.engine.runner.execute = lambda batch: (forward.append(len(batch)), run(batch))[1]
+    queries = llm.embed(TEXTS, prompt_name="query")
+    assert forward == []  # queries are encoded from their token ids: no forward pass
+    for output, expected in zip(queries, model.encode_query(TEXTS, convert_to_sparse_tensor=False,
+                                                            convert_to_tensor=True).numpy()):
+        assert_same_sparse(output.outputs, expected)
+    documents = llm.embed(TEXTS)
+    assert sum(forward) == len(TEXTS)
+    for output, expected in zip(documents, model.encode_document(TEXTS, convert_to_sparse_tensor=False,
+                                                                 convert_to_tensor=True).numpy()):
+        assert_same_sparse(output.outputs, expected)
+    expected_scores = model.similarity(model.encode_query([QUERY]), model.encode_document(TEXTS)).numpy()[0]
+    np.testing.assert_allclose([o.outputs.score for o in llm.score(QUERY, TEXTS)], expected_scores, rtol=1e-5)
+
+
+def test_inference_free_queries_served(inference_free_path: Path) -> None:
+    llm = LLM(str(inference_free_path), dtype="float32")
+    expected = [o.outputs for o in llm.embed(TEXTS[:3], prompt_name="query")]
+
+    async def scenario() -> None:
+        async with serving(llm) as (_, client):
+            tei = await client.post("/embed_sparse", json={"inputs": TEXTS[:3], "prompt_name": "query"})
+            openai_style = await client.post("/v1/embeddings", json={"input": TEXTS[:3], "prompt_name": "query"})
+        for item, data, out in zip(tei.json(), openai_style.json()["data"], expected):
+            assert [v["index"] for v in item] == data["embedding"]["indices"] == out.indices.tolist()
+            np.testing.assert_allclose([v["value"] for v in item], out.values, rtol=1e-6)
+
+    asyncio.run(scenario())
+
+
+def test_other_router_checkpoints_are_refused(inference_free_path: Path, tmp_path: Path) -> None:
+    import shutil
+
+    path = Path(shutil.copytree(inference_free_path, tmp_path / "router"))
+    config = json.loads((path / "router_config.json").read_text())
+    config["structure"]["query"] = config["structure"]["document"]  # SPLADE on both routes
+    (path / "router_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="poolkit serves the inference-free sparse form only"):
+        LLM(str(path), dtype="float32")
 
 
 # -- multi-vector -------------------------------------------------------------------------------------

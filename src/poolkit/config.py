@@ -136,13 +136,18 @@ class SparseSpec:
     ``splade``: the MLM head's logits per token, ``log(1 + relu(x))`` (applied twice for
     ``log1p_relu``), reduced over the tokens by ``max`` or ``sum`` (sentence-transformers' ``SpladePooling``).
     ``lexical``: BGE-M3's ``sparse_linear``: one ``relu`` weight per token, the largest per token id,
-    special tokens left out.
+    special tokens left out. With ``static_dir``, inputs of ``static_role`` get the static weight of every
+    token they contain instead (sentence-transformers' ``SparseStaticEmbedding``), without the model.
     """
 
     source: Literal["splade", "lexical"]
     vocab_size: int
     pooling_strategy: Literal["max", "sum"] = "max"
     activation: Literal["relu", "log1p_relu"] = "relu"
+    # Inference-free sparse encoders: the SparseStaticEmbedding folder (a weight per token) and the role it
+    # encodes without running the model (usually queries); the other role runs SPLADE.
+    static_dir: str | None = None
+    static_role: str | None = None
 
 
 @dataclass

@@ -8,13 +8,14 @@ import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import ModelConfig, TokenClassifierSpec
+from .config import ModelConfig, SparseSpec, TokenClassifierSpec
 from .inputs import InputProcessor, Prompt, TokenizedPrompt, normalize_prompts, slices
 from .loader import CheckpointFiles, load_dense, load_hf_model, load_model_config_and_tokenizer
 from .outputs import (
@@ -79,8 +80,13 @@ class PoolingEngine:
         """
         results: list[np.ndarray | None] = [None] * len(prompts)
         padded_length = None if self.runner.packing else self.runner.padded_length
-        batches = schedule([len(p) for p in prompts], self.scheduler_config, padded_length)
+        run = [i for i, opt in enumerate(options) if not self.pooler.model_free(opt)]
+        batches = [[run[j] for j in batch] for batch in
+                   schedule([len(prompts[i]) for i in run], self.scheduler_config, padded_length)]
         with contextlib.nullcontext(progress) if progress is not None else _progress(len(prompts), use_tqdm) as bar:
+            for index in sorted(set(range(len(prompts))) - set(run)):  # no forward pass for these
+                results[index] = self.pooler.without_model(prompts[index], options[index]).numpy()
+            bar.update(len(prompts) - len(run))
             for batch in batches:
                 members = [prompts[i] for i in batch]
                 states, lengths = self.runner.execute(members)
@@ -172,7 +178,9 @@ def build_token_heads(model_config: ModelConfig, files: CheckpointFiles, tokeniz
         if model_config.sparse.source == "splade":
             if mlm_head is None:
                 raise ValueError("SPLADE pooling needs the model's masked-LM head")
-            sparse_head = SparseHead(model_config.sparse, mlm_head)
+            prefix, suffix = InputProcessor(tokenizer, model_config).special_template
+            sparse_head = SparseHead(model_config.sparse, mlm_head, static_weights=load_static_weights(
+                model_config.sparse, model_config.sparse.vocab_size), special_template=(len(prefix), len(suffix)))
         else:
             sparse_file = files.get("sparse_linear.pt")
             if sparse_file is None:
@@ -190,6 +198,22 @@ def build_token_heads(model_config: ModelConfig, files: CheckpointFiles, tokeniz
             projection = torch.nn.Sequential(*(load_dense(files, d) for d in spec.dense))
         multi_vector_head = MultiVectorHead(spec, projection, skiplist_ids(tokenizer, spec.skiplist_words))
     return sparse_head, multi_vector_head
+
+
+def load_static_weights(spec: SparseSpec, vocab_size: int) -> torch.Tensor | None:
+    """An inference-free sparse encoder's per-token weights (its ``SparseStaticEmbedding`` folder)."""
+    if spec.static_dir is None:
+        return None
+    from safetensors.torch import load_file
+
+    weights_file = Path(spec.static_dir) / "model.safetensors"
+    if not weights_file.is_file():
+        raise FileNotFoundError(f"No weights for the SparseStaticEmbedding module in {spec.static_dir}")
+    weight = load_file(str(weights_file))["weight"].float()
+    if weight.shape != (vocab_size,):
+        raise ValueError(f"SparseStaticEmbedding in {spec.static_dir} has {tuple(weight.shape)} weights for a "
+                         f"{vocab_size}-token vocabulary: it does not belong to this model's tokenizer")
+    return weight
 
 
 def fit_position_offset(model_config: ModelConfig, offset: int, explicit: bool) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -103,9 +104,73 @@ SUPPORTED_ST_MODULES = ("Transformer", "Pooling", "Dense", "Normalize", "Dropout
 _ST_MODULE_HINTS = {
     "SparseStaticEmbedding": "an inference-free sparse encoder (a per-token weight table, usually behind a Router)",
     "StaticEmbedding": "a static (Model2Vec-style) embedding table, not a transformer",
-    "Router": "an asymmetric model that routes queries and documents through different modules (e.g. an "
-              "inference-free sparse encoder: static weights for queries, SPLADE for documents)",
+    "Router": "an asymmetric model that routes queries and documents through different modules (poolkit serves "
+              "the inference-free sparse form: SparseStaticEmbedding for one role, SPLADE for the other)",
 }
+
+
+@dataclass
+class RouterLayout:
+    """An inference-free sparse encoder as sentence-transformers saves it: a ``Router`` whose one route is a
+    ``SparseStaticEmbedding`` (a weight per token, no model) and whose other route is SPLADE.
+
+    ``model_dir``: the SPLADE Transformer's folder (its config, weights and tokenizer); ``modules``: that route's
+    modules as ``modules.json`` entries; ``static_dir``: the static module's folder; ``static_role``: the role
+    (``query`` or ``document``) it encodes.
+    """
+
+    model_dir: str
+    modules: list[dict[str, Any]]
+    static_dir: str
+    static_role: str
+
+
+def read_router(files: CheckpointFiles) -> RouterLayout | None:
+    """The layout of a ``Router`` checkpoint (``None`` for any other); only the inference-free sparse form
+    is served, anything else is refused."""
+    modules = files.json("modules.json") or []
+    if len(modules) != 1 or str(modules[0].get("type", "")).rsplit(".", 1)[-1] != "Router":
+        return None
+    base = modules[0].get("path", "")
+    config = files.json(f"{base}/router_config.json" if base else "router_config.json") or {}
+    types, structure = config.get("types", {}), config.get("structure", {})
+
+    def kinds(role: str) -> list[str]:
+        return [str(types.get(name, "")).rsplit(".", 1)[-1] for name in structure.get(role, [])]
+
+    def folder(name: str) -> str:
+        return f"{base}/{name}" if base else name
+
+    for static_role, model_role in (("query", "document"), ("document", "query")):
+        if kinds(static_role) == ["SparseStaticEmbedding"] and kinds(model_role) in (
+                ["Transformer", "SpladePooling"], ["MLMTransformer", "SpladePooling"]):
+            names = structure[model_role]
+            return RouterLayout(
+                model_dir=folder(names[0]),
+                modules=[{"type": types[name], "path": folder(name)} for name in names],
+                static_dir=folder(structure[static_role][0]),
+                static_role=static_role,
+            )
+    raise ValueError(
+        f"Unsupported Sentence-Transformers Router (routes {structure}): poolkit serves the inference-free sparse "
+        "form only (SparseStaticEmbedding for one role, Transformer + SpladePooling for the other)")
+
+
+def checkpoint_paths(model_path: str) -> tuple[str, str]:
+    """``(root, model files)``: where the Sentence-Transformers files are, and where the transformers files
+    (config, weights, tokenizer) are: the checkpoint itself, or for a Router checkpoint its model route's
+    folder (a hub checkpoint with a Router is downloaded whole first)."""
+    files = CheckpointFiles(model_path)
+    if read_router(files) is None:
+        return model_path, model_path
+    root = model_path
+    if not files.is_local:
+        from huggingface_hub import snapshot_download
+
+        root = snapshot_download(model_path, revision=files.revision)
+    layout = read_router(CheckpointFiles(root))
+    assert layout is not None
+    return root, str(Path(root) / layout.model_dir)
 
 
 def check_sentence_transformers_modules(modules: list[dict[str, Any]]) -> None:
@@ -143,11 +208,11 @@ def read_query_expansion(value: Any, query_length: int | None) -> dict[str, Any]
             "token": value.get("token")}
 
 
-def read_sentence_transformers(files: CheckpointFiles) -> dict[str, Any]:
+def read_sentence_transformers(files: CheckpointFiles, router: RouterLayout | None = None) -> dict[str, Any]:
     """Pooling / Normalize / Dense modules, max_seq_length, do_lower_case and prompts; for a ``SparseEncoder``
     (MLM Transformer + ``SpladePooling``) a :class:`SparseSpec`, for a ``MultiVectorEncoder`` a
-    :class:`MultiVectorSpec`."""
-    modules = files.json("modules.json")
+    :class:`MultiVectorSpec`. ``router``: an inference-free sparse model's layout (its model route's modules)."""
+    modules = router.modules if router is not None else files.json("modules.json")
     if not modules:
         return {}
     check_sentence_transformers_modules(modules)
@@ -257,7 +322,8 @@ def resolve_outputs(st: dict[str, Any], files: CheckpointFiles, hf_config: Any, 
         strategy, activation = cfg.get("pooling_strategy", "max"), cfg.get("activation_function", "relu")
         if strategy not in ("max", "sum") or activation not in ("relu", "log1p_relu"):
             raise ValueError(f"Unsupported SpladePooling settings: {cfg}")
-        return ("sparse",), SparseSpec("splade", vocab_size, strategy, activation), None
+        static_dir, static_role = st.get("static", (None, None))
+        return ("sparse",), SparseSpec("splade", vocab_size, strategy, activation, static_dir, static_role), None
     if "multi_vector" in st:
         spec = st["multi_vector"]
         if not spec.dim:
@@ -306,9 +372,11 @@ def build_model_config(
     score_template: str | None = None,
 ) -> ModelConfig:
     """Resolve the task, the layered pooler and the length limit for ``model``."""
-    model_path = resolve_model_path(model)
+    root = resolve_model_path(model)
     name = served_model_name or (str(model) if model is not None else DEFAULT_MODEL)
-    files = CheckpointFiles(model_path)
+    root, model_path = checkpoint_paths(root)
+    files = CheckpointFiles(root)
+    router = read_router(files)
     hf_config = load_hf_config(model_path, hf_overrides, trust_remote_code)
     architecture = (getattr(hf_config, "architectures", None) or [type(hf_config).__name__])[0]
     tower = TWO_TOWER_ARCHITECTURES.get(architecture)
@@ -321,7 +389,9 @@ def build_model_config(
     problem_type = getattr(hf_config, "problem_type", None)
     resolved_task = resolve_task(task, architecture, num_labels, problem_type)
 
-    st = read_sentence_transformers(files) if resolved_task in ("embed", "encode") else {}
+    st = read_sentence_transformers(files, router) if resolved_task in ("embed", "encode") else {}
+    if router is not None:
+        st["static"] = (str(Path(files.model_path) / router.static_dir), router.static_role)
     if st.get("two_tower") and tower is None:
         raise ValueError(f"modules.json has a Sentence-Transformers CLIPModel module, but {architecture} is not a "
                          f"two-tower image-text model (supported: {', '.join(TWO_TOWER_ARCHITECTURES)})")
@@ -618,9 +688,8 @@ def resolve_activation(qualified_name: str) -> nn.Module:
 
 def load_model_config_and_tokenizer(args: EngineArgs) -> tuple[ModelConfig, Any]:
     """The resolved model config and the tokenizer for ``args`` (no weights are loaded)."""
-    model_path = resolve_model_path(args.model)
-    # Before the tokenizer and config.json: a Router checkpoint keeps its transformers files in per-route folders.
-    check_sentence_transformers_modules(CheckpointFiles(model_path).json("modules.json") or [])
+    # A Router checkpoint keeps its transformers files (and tokenizer) in its model route's folder.
+    _, model_path = checkpoint_paths(resolve_model_path(args.model))
     tokenizer = load_tokenizer(model_path, args.trust_remote_code)
     tokenizer_limit = tokenizer.model_max_length if tokenizer.model_max_length < 1_000_000 else None
     model_config = build_model_config(

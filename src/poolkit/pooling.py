@@ -143,6 +143,16 @@ class Pooler(nn.Module):
             # Reward heads: softmax over labels when several, sigmoid for a single logit.
             self.activation_kind = "softmax" if model_config.num_labels > 1 else "sigmoid"
 
+    def model_free(self, option: HeadOptions) -> bool:
+        """This output needs no forward pass (an inference-free sparse encoder's static role)."""
+        return option.output == "sparse" and self.sparse_head is not None and self.sparse_head.model_free(option.role)
+
+    def without_model(self, prompt: TokenizedPrompt, option: HeadOptions) -> torch.Tensor:
+        """The output of a :meth:`model_free` prompt, from its token ids."""
+        assert self.sparse_head is not None
+        weights = self.sparse_head.static(prompt.input_ids).cpu()
+        return weights if option.max_active_dims is None else keep_top(weights, option.max_active_dims)
+
     @property
     def per_token(self) -> bool:
         return self.pooling_type in (PoolingType.ALL, PoolingType.STEP)

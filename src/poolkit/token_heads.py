@@ -69,11 +69,28 @@ class SparseHead(nn.Module):
     one weight per token, the largest per token id, special tokens left out (FlagEmbedding's rule).
     """
 
-    def __init__(self, spec: SparseSpec, projection: nn.Module, skip_ids: Sequence[int] = ()) -> None:
+    def __init__(self, spec: SparseSpec, projection: nn.Module, skip_ids: Sequence[int] = (),
+                 static_weights: torch.Tensor | None = None, special_template: tuple[int, int] = (0, 0)) -> None:
         super().__init__()
+        self.special_template = special_template  # the tokenizer's added tokens before / after a text
         self.spec = spec
         self.projection = projection
         self.register_buffer("skip_ids", torch.tensor(sorted(set(skip_ids)), dtype=torch.long), persistent=False)
+        self.register_buffer("static_weights", static_weights, persistent=False)
+
+    def model_free(self, role: str) -> bool:
+        """Inputs of this role are encoded from their token ids alone (an inference-free sparse encoder)."""
+        return self.static_weights is not None and role == self.spec.static_role
+
+    def static(self, input_ids: Sequence[int]) -> torch.Tensor:
+        """sentence-transformers' ``SparseStaticEmbedding``: each token of the text present, once, times its
+        weight (it tokenizes without special tokens: the ones the tokenizer added are left out)."""
+        assert self.static_weights is not None
+        before, after = self.special_template
+        text_ids = list(input_ids)[before:len(input_ids) - after]
+        out = torch.zeros(self.spec.vocab_size, dtype=torch.float32, device=self.static_weights.device)
+        ids = torch.as_tensor(sorted(set(text_ids)), dtype=torch.long, device=out.device)
+        return out.index_copy_(0, ids, self.static_weights[ids].float())
 
     def forward(self, states: torch.Tensor, lengths: torch.Tensor, input_ids: Sequence[Sequence[int]]) -> torch.Tensor:
         tokens, rows = valid_tokens(states, lengths)

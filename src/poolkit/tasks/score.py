@@ -122,10 +122,14 @@ class ScoreTask(Task):
 
     def prepare_embeddings(self, left: list[Prompt], right: list[Prompt], params: PoolingParams,
                            truncate_prompt_tokens: int | None) -> PreparedRequest:
-        """Embed every distinct text once; multi-vector models embed the left side as queries (their skiplist
-        applies to documents), so a text on both sides is embedded in each role."""
+        """Embed every distinct text once; models whose roles differ embed the left side as queries and the
+        right side as documents, so a text on both sides is embedded in each role."""
         (option,) = self.options(params, 1, method="embed")
-        roles = option.output == "multi_vector"
+        sparse = self.model_config.sparse
+        # Queries and documents are embedded differently by multi-vector models (skiplist, expansion) and by
+        # inference-free sparse ones (static weights for one role).
+        roles = option.output == "multi_vector" or (
+            option.output == "sparse" and sparse is not None and sparse.static_role is not None)
         keys = [(("query",) if roles else ()) + (prompt_key(p),) for p in left]
         keys += [(("document",) if roles else ()) + (prompt_key(p),) for p in right]
         unique = dict(zip(keys, (*left, *right)))
