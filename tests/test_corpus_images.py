@@ -3,7 +3,6 @@ image-text model (a tiny random CLIP) into the same shards as texts, equal to ``
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -11,7 +10,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image, ImageDraw
 
 from poolkit import LLM
 from poolkit.corpus import (
@@ -26,34 +24,12 @@ from poolkit.corpus import (
 )
 from poolkit.entrypoints.embed import main
 from poolkit.inputs import ImagePrompt
+from poolkit.testing import draw_shape as drawing
 
 ATOL = 1e-5
 ENGINE = {"dtype": "float32"}
 SHAPES = ["circle", "square", "lines", "triangle", "dot"]
 COLORS = ["red", "blue", "green", "orange", "purple"]
-
-
-def drawing(shape: str, color: str) -> Image.Image:
-    image = Image.new("RGB", (40, 36), "white")
-    draw = ImageDraw.Draw(image)
-    if shape == "circle":
-        draw.ellipse((6, 6, 32, 30), fill=color)
-    elif shape == "square":
-        draw.rectangle((8, 8, 30, 28), fill=color)
-    elif shape == "lines":
-        draw.line((0, 10, 39, 10), fill=color, width=4)
-        draw.line((0, 26, 39, 26), fill=color, width=4)
-    elif shape == "triangle":
-        draw.polygon([(20, 4), (36, 32), (4, 32)], fill=color)
-    else:
-        draw.ellipse((16, 14, 24, 22), fill=color)
-    return image
-
-
-def png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")

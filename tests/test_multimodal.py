@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,38 +19,21 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from poolkit import LLM
 from poolkit.entrypoints.server_args import ServerArgs
 from poolkit.entrypoints.testing import serving
 from poolkit.testing import build_tiny_checkpoint
+from poolkit.testing import draw_shape as drawing
+from poolkit.testing import png_bytes as png
 
 pytestmark = pytest.mark.unit
 
 TEXTS = ["a red circle", "a blue square on white", "two green lines"]
 
 
-def drawing(shape: str, color: str, size: tuple[int, int] = (48, 40)) -> Image.Image:
-    image = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(image)
-    if shape == "circle":
-        draw.ellipse((6, 6, 36, 34), fill=color)
-    elif shape == "square":
-        draw.rectangle((8, 8, 32, 32), fill=color)
-    else:
-        draw.line((0, 10, 47, 10), fill=color, width=4)
-        draw.line((0, 30, 47, 30), fill=color, width=4)
-    return image
-
-
 IMAGES = [drawing("circle", "red"), drawing("square", "blue"), drawing("lines", "green")]
-
-
-def png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def data_uri(image: Image.Image) -> str:

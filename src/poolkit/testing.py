@@ -311,3 +311,33 @@ def build_bge_m3_like(path: str | Path, *, seed: int = 0, colbert_dim: int | Non
     torch.save(sparse.state_dict(), path / "sparse_linear.pt")
     add_sentence_transformers_files(path, pooling="cls", normalize=True)
     return path
+
+
+def draw_shape(shape: str, color: str, size: tuple[int, int] = (40, 36)) -> Any:
+    """A small drawn test image (``circle``, ``square``, ``lines``, ``triangle`` or a ``dot``) on white."""
+    from PIL import Image, ImageDraw
+
+    width, height = size
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    if shape == "circle":
+        draw.ellipse((width * 0.15, height * 0.15, width * 0.8, height * 0.85), fill=color)
+    elif shape == "square":
+        draw.rectangle((width * 0.2, height * 0.2, width * 0.75, height * 0.8), fill=color)
+    elif shape == "lines":
+        for y in (height * 0.28, height * 0.72):
+            draw.line((0, y, width - 1, y), fill=color, width=4)
+    elif shape == "triangle":
+        draw.polygon([(width * 0.5, height * 0.1), (width * 0.9, height * 0.9), (width * 0.1, height * 0.9)], fill=color)
+    else:
+        draw.ellipse((width * 0.4, height * 0.4, width * 0.6, height * 0.6), fill=color)
+    return image
+
+
+def png_bytes(image: Any) -> bytes:
+    """A PIL image encoded as PNG."""
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -4,14 +4,14 @@ indexed and found by text (the expected order comes from the engine's own vector
 from __future__ import annotations
 
 import base64
-import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
 
+from poolkit.testing import draw_shape as drawing
+from poolkit.testing import png_bytes as png
 from poolkit_faiss import VectorIndex, embed_images, plan_for
 
 pytestmark = pytest.mark.unit
@@ -21,28 +21,7 @@ DRAWINGS = [(shape, color) for shape in ("circle", "square", "lines", "dot") for
 QUERIES = ["a red circle", "two blue lines"]
 
 
-def drawing(shape: str, color: str) -> Image.Image:
-    image = Image.new("RGB", (40, 36), "white")
-    draw = ImageDraw.Draw(image)
-    if shape == "circle":
-        draw.ellipse((6, 6, 32, 30), fill=color)
-    elif shape == "square":
-        draw.rectangle((8, 8, 30, 28), fill=color)
-    elif shape == "lines":
-        draw.line((0, 10, 39, 10), fill=color, width=4)
-        draw.line((0, 26, 39, 26), fill=color, width=4)
-    else:
-        draw.ellipse((16, 14, 24, 22), fill=color)
-    return image
-
-
 IMAGES = [drawing(*d) for d in DRAWINGS]
-
-
-def png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")

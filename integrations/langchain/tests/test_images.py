@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import json
 import threading
 from collections.abc import Iterator
@@ -21,38 +20,15 @@ import httpx
 import numpy as np
 import pytest
 from langchain_core.embeddings import DeterministicFakeEmbedding
-from PIL import Image, ImageDraw
 
 from langchain_poolkit import PoolkitEmbeddings, PoolkitFAISS, _backends
+from poolkit.testing import draw_shape as drawing
 
 pytestmark = pytest.mark.unit
 
 ATOL = 1e-5
 SHAPES = [("circle", "red"), ("square", "blue"), ("lines", "green"), ("triangle", "orange"), ("dot", "purple")]
 QUERIES = ["a red circle", "two green lines", "a small purple dot"]
-
-
-def drawing(shape: str, color: str) -> Image.Image:
-    image = Image.new("RGB", (40, 36), "white")
-    draw = ImageDraw.Draw(image)
-    if shape == "circle":
-        draw.ellipse((6, 6, 32, 30), fill=color)
-    elif shape == "square":
-        draw.rectangle((8, 8, 30, 28), fill=color)
-    elif shape == "lines":
-        draw.line((0, 10, 39, 10), fill=color, width=4)
-        draw.line((0, 26, 39, 26), fill=color, width=4)
-    elif shape == "triangle":
-        draw.polygon([(20, 4), (36, 32), (4, 32)], fill=color)
-    else:
-        draw.ellipse((16, 14, 24, 22), fill=color)
-    return image
-
-
-def png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
