@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import threading
-import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -295,19 +294,6 @@ class PoolkitHybridRetriever(BaseRetriever):
 
     # -- writing ------------------------------------------------------------
 
-    @staticmethod
-    def _inputs(texts: Iterable[str], metadatas: list[dict] | None,
-                ids: Sequence[str | None] | None) -> tuple[list[str], list[dict], list[str]]:
-        texts = list(texts)
-        if metadatas is not None and len(metadatas) != len(texts):
-            raise ValueError(f"Got {len(metadatas)} metadatas for {len(texts)} texts")
-        if ids is not None and len(ids) != len(texts):
-            raise ValueError(f"Got {len(ids)} ids for {len(texts)} texts")
-        metas = [dict(m or {}) for m in metadatas] if metadatas is not None else [{} for _ in texts]
-        # The ids are made here, not by the store, so that both indexes get the same ones.
-        keys = [str(i) if i is not None else str(uuid.uuid4()) for i in (ids or [None] * len(texts))]
-        return texts, metas, keys
-
     def _write(self, texts: list[str], metas: list[dict], keys: list[str], dense: list[list[float]],
                sparse: list[SparseVector]) -> list[str]:
         if not texts:
@@ -329,7 +315,7 @@ class PoolkitHybridRetriever(BaseRetriever):
     def add_texts(self, texts: Iterable[str], metadatas: list[dict] | None = None, *,
                   ids: list[str] | None = None, **kwargs: Any) -> list[str]:
         """Embed texts with both models and store them in both indexes; returns the ids (upsert semantics)."""
-        texts, metas, keys = self._inputs(texts, metadatas, ids)
+        texts, metas, keys = PoolkitFAISS._normalize_inputs(texts, metadatas, ids)  # ids made here: both indexes share them
         if not texts:
             return []
         sparse = self.sparse_embeddings.embed_documents(texts)
@@ -339,7 +325,7 @@ class PoolkitHybridRetriever(BaseRetriever):
     async def aadd_texts(self, texts: Iterable[str], metadatas: list[dict] | None = None, *,
                          ids: list[str] | None = None, **kwargs: Any) -> list[str]:
         """Async ``add_texts``: both models embed concurrently; the indexes are written in a worker thread."""
-        texts, metas, keys = self._inputs(texts, metadatas, ids)
+        texts, metas, keys = PoolkitFAISS._normalize_inputs(texts, metadatas, ids)  # ids made here: both indexes share them
         if not texts:
             return []
         dense, sparse = await asyncio.gather(self.vectorstore.embeddings.aembed_documents(texts),
