@@ -72,6 +72,7 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from .embedding import DEFAULT_BATCH_SIZE, batches
+from .manifest import read_manifest
 from .store import MAX_ID, Key, SearchResult
 
 logger = logging.getLogger(__name__)
@@ -643,12 +644,7 @@ class SparseIndex:
     def load(cls, path: str | os.PathLike[str], *, llm: Any = None) -> SparseIndex:
         """Read an index written by :meth:`save` (nothing is unpickled)."""
         folder = Path(path)
-        manifest_path = folder / MANIFEST_FILE
-        if not manifest_path.exists():
-            raise FileNotFoundError(f"{manifest_path} not found: not a SparseIndex folder (save() writes it)")
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        if manifest.get("format") != FORMAT_NAME or manifest.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{folder} is not a {FORMAT_NAME} v{FORMAT_VERSION} index")
+        manifest = read_manifest(folder / MANIFEST_FILE, FORMAT_NAME, FORMAT_VERSION, "SparseIndex")
         if llm is not None and manifest.get("model_name") and llm.model_config.served_model_name != manifest["model_name"]:
             logger.warning("sparse index was built with %r; loading it with %r",
                            manifest["model_name"], llm.model_config.served_model_name)

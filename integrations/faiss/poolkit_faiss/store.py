@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from . import gpu
 from .embedding import DEFAULT_BATCH_SIZE, batches, check_images, check_llm, embed_images, embed_texts, prepare_vectors
+from .manifest import read_manifest
 from .planning import IndexPlan, plan_index
 
 # faiss-cpu's bundled stubs lack the HNSW attributes used below: treat the module as untyped.
@@ -717,9 +718,7 @@ class VectorIndex:
     ) -> VectorIndex:
         """Read an index written by :meth:`save`."""
         folder = Path(path)
-        manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
-        if manifest.get("format") != FORMAT_NAME or manifest.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{folder} is not a {FORMAT_NAME} v{FORMAT_VERSION} index")
+        manifest = read_manifest(folder / MANIFEST_FILE, FORMAT_NAME, FORMAT_VERSION, "VectorIndex")
         plan = IndexPlan.from_dict(manifest["plan"])
         if llm is not None and plan.model_name and llm.model_config.served_model_name != plan.model_name:
             logger.warning(

@@ -30,6 +30,7 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from poolkit_faiss import SparseIndex, reciprocal_rank_fusion, weighted_score_fusion
+from poolkit_faiss.manifest import read_manifest
 
 from ._backends import LocalBackend, SparseVector, is_llm
 from ._base import PoolkitClientBase
@@ -468,12 +469,7 @@ class PoolkitHybridRetriever(BaseRetriever):
                    **kwargs: Any) -> PoolkitHybridRetriever:
         """Read a retriever written by ``save_local``; ``kwargs`` override the saved settings (``k``, ``fusion``...)."""
         folder = Path(folder_path)
-        manifest_path = folder / MANIFEST_FILE
-        if not manifest_path.exists():
-            raise FileNotFoundError(f"{manifest_path} not found: not a PoolkitHybridRetriever folder")
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        if manifest.get("format") != FORMAT_NAME or manifest.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{folder} is not a {FORMAT_NAME} v{FORMAT_VERSION} retriever")
+        manifest = read_manifest(folder / MANIFEST_FILE, FORMAT_NAME, FORMAT_VERSION, "PoolkitHybridRetriever")
         sparse_embeddings = _as_sparse_embeddings(sparse_embeddings)
         if isinstance(sparse_embeddings, PoolkitSparseEmbeddings) and \
                 sparse_embeddings.model_name != manifest.get("sparse_model"):

@@ -752,14 +752,10 @@ class PoolkitFAISS(VectorStore):
         ``allow_dangerous_deserialization`` is accepted for drop-in compatibility
         with langchain_community's FAISS and ignored."""
         from poolkit_faiss import IndexPlan, VectorIndex
+        from poolkit_faiss.manifest import read_manifest
 
         folder = Path(folder_path) / index_name
-        manifest_path = folder / MANIFEST_FILE
-        if not manifest_path.exists():
-            raise FileNotFoundError(f"{manifest_path} not found: not a PoolkitFAISS folder (save_local writes it)")
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        if manifest.get("format") != FORMAT_NAME or manifest.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{folder} is not a {FORMAT_NAME} v{FORMAT_VERSION} store")
+        manifest = read_manifest(folder / MANIFEST_FILE, FORMAT_NAME, FORMAT_VERSION, "PoolkitFAISS")
         docs: dict[str, Document] = {}
         image_ids: set[str] = set()
         with open(folder / manifest["files"]["docstore"], encoding="utf-8") as handle:
