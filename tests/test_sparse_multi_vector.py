@@ -72,10 +72,15 @@ def sparse_reference(path: Path, texts: list[str], **kwargs: Any) -> np.ndarray:
 
 
 def assert_same_sparse(output: SparseEmbeddingOutput, reference: np.ndarray) -> None:
-    """Same non-zero ids, weights to 1e-5."""
+    """Same non-zero ids, weights to 1e-5.
+
+    A weight within 1e-5 of zero may land on either side of the ReLU on another CPU's kernels, so only such
+    borderline ids may differ between the two active sets.
+    """
     (ids,) = np.nonzero(reference)
-    np.testing.assert_array_equal(output.indices, ids)
-    np.testing.assert_allclose(output.values, reference[ids], rtol=1e-5, atol=1e-5)
+    differing = np.setxor1d(output.indices, ids)
+    assert np.abs(reference[differing]).max(initial=0) < 1e-5, f"active sets differ at {differing}"
+    np.testing.assert_allclose(output.to_dense(), reference, rtol=1e-5, atol=1e-5)
 
 
 # -- SPLADE ----------------------------------------------------------------------------------------
@@ -138,7 +143,7 @@ def test_splade_scores_by_dot_product(splade_path: Path, splade: LLM) -> None:
     model = SparseEncoder(str(splade_path), device="cpu")
     expected = model.similarity(model.encode([QUERY]), model.encode(TEXTS)).numpy()[0]
     scores = [o.outputs.score for o in splade.score(QUERY, TEXTS)]
-    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_splade_bf16_keeps_the_largest_weights(splade_path: Path, splade: LLM) -> None:
@@ -225,7 +230,7 @@ def test_inference_free_sparse_encoder(inference_free_path: Path) -> None:
                                                                  convert_to_tensor=True).numpy()):
         assert_same_sparse(output.outputs, expected)
     expected_scores = model.similarity(model.encode_query([QUERY]), model.encode_document(TEXTS)).numpy()[0]
-    np.testing.assert_allclose([o.outputs.score for o in llm.score(QUERY, TEXTS)], expected_scores, rtol=1e-5)
+    np.testing.assert_allclose([o.outputs.score for o in llm.score(QUERY, TEXTS)], expected_scores, rtol=1e-5, atol=1e-5)
 
 
 def test_inference_free_queries_served(inference_free_path: Path) -> None:
