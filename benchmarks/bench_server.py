@@ -157,6 +157,8 @@ def main() -> int:
     p.add_argument("--url", help="Use a running poolkit server instead of starting one")
     p.add_argument("--api-key")
     p.add_argument("--server-args", default="", help="Extra flags for poolkit serve, e.g. '--batch-wait-ms 5'")
+    p.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="Environment of the started server only, e.g. OMP_WAIT_POLICY=passive (repeatable)")
     p.add_argument("--clients", "-c", type=int, default=16)
     p.add_argument("--texts-per-request", "-n", type=int, default=16)
     p.add_argument("--num-texts", "-k", type=int, default=1500, help="First K corpus texts (default: %(default)s)")
@@ -183,7 +185,8 @@ def main() -> int:
     if url is None:
         from poolkit.entrypoints.testing import RemoteServer
 
-        server = RemoteServer(args.model, ["--disable-access-log", *shlex.split(args.server_args)], api_key=args.api_key)
+        server = RemoteServer(args.model, ["--disable-access-log", *shlex.split(args.server_args)], api_key=args.api_key,
+                              env=dict(item.split("=", 1) for item in args.server_env))
         url = stack.enter_context(server).url
     peer_url = args.peer_url
     if args.peer == "infinity" and not peer_url:

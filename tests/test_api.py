@@ -105,6 +105,20 @@ def test_matryoshka_dimension_must_be_positive(tiny) -> None:
     assert [len(o.outputs.embedding) for o in outs] == [4, 32]
 
 
+def test_mixed_head_options_in_one_batch_equal_single_requests(tiny) -> None:
+    """The head runs once per group of equal options (dimensions, normalize); each row still gets its own."""
+    llm = LLM(str(tiny("encoder", pooling="mean", normalize=True)), dtype="float32", hf_overrides={"is_matryoshka": True})
+    params = [PoolingParams(dimensions=4), PoolingParams(), PoolingParams(normalize=False),
+              PoolingParams(dimensions=4, normalize=False), PoolingParams(dimensions=8), PoolingParams()]
+    texts = ["alpha", "beta gamma", "delta", "epsilon zeta eta", "theta", "iota"]
+    merged = llm.embed(texts, pooling_params=params, use_tqdm=False)
+    for text, param, out in zip(texts, params, merged):
+        alone = llm.embed(text, pooling_params=param, use_tqdm=False)[0].outputs.numpy()
+        np.testing.assert_allclose(out.outputs.numpy(), alone, atol=1e-6)
+    assert [len(o.outputs.embedding) for o in merged] == [4, 32, 32, 4, 8, 32]
+    assert np.linalg.norm(merged[2].outputs.numpy()) != pytest.approx(1.0)
+
+
 def test_matryoshka_from_config_json(tiny, tmp_path) -> None:
     path = tiny("encoder", pooling="mean", normalize=True, config={"is_matryoshka": True})
     llm = LLM(str(path), dtype="float32")

@@ -31,22 +31,45 @@ def test_length_runs_group_consecutive_equal_lengths() -> None:
 
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("kv_heads", [4, 2])
-@pytest.mark.parametrize("chunk", [attention.SCORES_PER_CHUNK, 40])
-def test_run_attention_matches_sdpa_per_sequence(causal: bool, kv_heads: int, chunk: int, monkeypatch) -> None:
-    monkeypatch.setattr(attention, "SCORES_PER_CHUNK", chunk)  # 40: one sequence per chunk
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_run_attention_matches_sdpa_per_sequence(causal: bool, kv_heads: int, dtype: torch.dtype) -> None:
+    """Each sequence of a packed batch attends only to itself; fp32 to 1e-5, bf16 to 2e-2 of the fp32 result."""
     torch.manual_seed(0)
     lengths = [7, 7, 7, 3, 9, 1, 3, 3]  # runs, singletons, and a length seen again later
     heads, dim, total = 4, 8, sum(lengths)
-    q = torch.randn(heads, total, dim)
-    k, v = torch.randn(kv_heads, total, dim), torch.randn(kv_heads, total, dim)
-    got = run_attention(q, k, v, length_runs(lengths), dim**-0.5, causal)
+    # Transformers' layout: (H, T, d) views of a (T, H, d) projection.
+    q = torch.randn(total, heads, dim).transpose(0, 1)
+    k, v = (torch.randn(total, kv_heads, dim).transpose(0, 1) for _ in range(2))
+    got = run_attention(q.to(dtype), k.to(dtype), v.to(dtype), length_runs(lengths), dim**-0.5, causal)
+    assert got.dtype == dtype
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
     start = 0
     for n in lengths:
         span = slice(start, start + n)
         ref = F.scaled_dot_product_attention(
             q[None, :, span], k[None, :, span], v[None, :, span], is_causal=causal, enable_gqa=kv_heads != heads
         )[0]
-        torch.testing.assert_close(got[span], ref.transpose(0, 1), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got[span].float(), ref.transpose(0, 1), rtol=tolerance, atol=tolerance)
+        start += n
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_run_attention_sliding_window_and_hidden_keys(causal: bool) -> None:
+    """A window and keys hidden from every query (ColBERT query expansion) match SDPA with the explicit mask."""
+    torch.manual_seed(1)
+    lengths, visible, window = [6, 6, 4], [4, 4, 4], 3
+    heads, dim, total = 2, 8, sum(lengths)
+    q, k, v = (torch.randn(heads, total, dim) for _ in range(3))
+    got = run_attention(q, k, v, length_runs(lengths, visible), dim**-0.5, causal, window=window)
+    start = 0
+    for n, keys in zip(lengths, visible):
+        span = slice(start, start + n)
+        positions = torch.arange(n)
+        allowed = ((positions[:, None] - positions[None, :]).abs() < window) & (positions[None, :] < keys)
+        if causal:
+            allowed &= positions[None, :] <= positions[:, None]
+        ref = F.scaled_dot_product_attention(q[None, :, span], k[None, :, span], v[None, :, span], attn_mask=allowed)
+        torch.testing.assert_close(got[span], ref[0].transpose(0, 1), rtol=1e-5, atol=1e-5)
         start += n
 
 

@@ -108,6 +108,11 @@ def test_classifiers_match_transformers(tiny, kind: str, activation) -> None:
     torch.testing.assert_close(probs, expected, rtol=1e-5, atol=1e-5)
     raw = torch.tensor([o.outputs.probs for o in llm.classify(TEXTS, pooling_params=PoolingParams(activation=False), use_tqdm=False)])
     torch.testing.assert_close(raw, _reference_logits(path, TEXTS), rtol=1e-5, atol=1e-5)
+    # One call, activation on for some rows and off for others: each row as if asked alone.
+    mixed_params = [PoolingParams(activation=i % 2 == 0) for i in range(len(TEXTS))]
+    mixed = torch.tensor([o.outputs.probs for o in llm.classify(TEXTS, pooling_params=mixed_params, use_tqdm=False)])
+    torch.testing.assert_close(mixed[0::2], expected[0::2], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mixed[1::2], raw[1::2], rtol=1e-5, atol=1e-5)
 
 
 def test_softmax_is_stable_for_large_logits() -> None:

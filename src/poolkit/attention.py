@@ -10,11 +10,13 @@ registers an attention implementation, ``poolkit_varlen``, with transformers'
 * elsewhere: the scheduler hands sequences sorted by length, so sequences of
   equal length sit next to each other and each such run is a plain
   ``(n, H, L, d)`` view of the packed tensor: attention over it needs no
-  padding between sequences. On CPU a run is attended a few sequences at a
-  time, in fp32 (two BLAS matmuls and a softmax, sized so the scores stay in
-  cache), about as fast as SDPA's fused kernel on the padded batch
-  (``benchmarks/bench_attention.py``) without its padding;
-  on GPUs without varlen kernels, ``scaled_dot_product_attention`` per run.
+  padding between sequences, one ``scaled_dot_product_attention`` call per
+  run. On CPU that is torch's fused flash kernel, in the model's dtype
+  (``benchmarks/bench_attention.py`` times it against SDPA on the padded
+  batch). With AMX, bf16 runs through oneDNN brgemm kernels cached per block
+  shape: the cache grows with the distinct lengths seen and levels off
+  (~120 MB for lengths up to 512, ~470 MB past 1,500, measured on Sapphire
+  Rapids).
 
 Unpacked calls (a normal padded batch with a mask) go to transformers' SDPA
 path unchanged, so a model set to ``poolkit_varlen`` behaves like ``sdpa``
@@ -35,8 +37,6 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 ATTN_IMPLEMENTATION = "poolkit_varlen"
-# Attention scores materialised per CPU chunk (elements): 8 MiB in fp32, cache-sized.
-SCORES_PER_CHUNK = 1 << 21
 
 Run = tuple[int, int, int, int]  # (first token, number of sequences, their length, keys each query sees)
 
@@ -68,18 +68,6 @@ def blocked_positions(length: int, causal: bool, window: int | None, device: tor
     return blocked
 
 
-def _attend_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float, blocked: torch.Tensor | None
-                ) -> torch.Tensor:
-    # fp32: the one copy these strided views need anyway also converts them, and fp32
-    # matmuls go to BLAS — bf16 ones go to oneDNN, which keeps ~1-3 MB for every
-    # distinct shape it has seen, and attention shapes vary with every batch.
-    q, k, v = (torch.empty(t.shape, dtype=torch.float32, device=t.device).copy_(t) for t in (q, k, v))
-    scores = torch.matmul(q.mul_(scaling), k.transpose(-1, -2))
-    if blocked is not None:
-        scores.masked_fill_(blocked, float("-inf"))
-    return torch.matmul(torch.softmax(scores, dim=-1), v)
-
-
 def run_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, runs: Sequence[Run], scaling: float, causal: bool,
     window: int | None = None,
@@ -90,29 +78,32 @@ def run_attention(
     Returns ``(T, H, d)``, the layout transformers' attention functions return.
     """
     heads, tokens, dim = query.shape
-    groups = heads // key.shape[0]
+    grouped = key.shape[0] != heads
     out = query.new_empty(tokens, heads, dim)
-    on_cpu = query.device.type == "cpu"
+    # Every run is one strided view per tensor (as_strided, not slice/unflatten/transpose): each tensor call
+    # returns to Python and retakes the GIL, which in the server means waiting for the event loop's thread.
     for start, count, length, visible in runs:
-        blocked = blocked_positions(length, causal, window, query.device)
+        q, k, v = (_run_view(t, start, count, length, keys) for t, keys in
+                   ((query, length), (key, visible), (value, visible)))
+        # A plain causal run takes the kernels' is_causal path; windows and hidden keys need a mask.
+        plain_causal = causal and visible == length and (window is None or length <= window)
+        blocked = None if plain_causal else blocked_positions(length, causal, window, query.device)
         if blocked is not None and visible < length:
             blocked = blocked[:, :visible]
-        step = max(1, SCORES_PER_CHUNK // (heads * length * length)) if on_cpu else count
-        for first in range(0, count, step):
-            n = min(step, count - first)
-            span = slice(start + first * length, start + (first + n) * length)
-            q, k, v = (t[:, span].unflatten(1, (n, length)).transpose(0, 1) for t in (query, key, value))
-            k, v = k[:, :, :visible], v[:, :, :visible]
-            if groups > 1:
-                k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-            if on_cpu:
-                o = _attend_cpu(q, k, v, scaling, blocked)
-            elif blocked is None:
-                o = F.scaled_dot_product_attention(q, k, v, scale=scaling)
-            else:
-                o = F.scaled_dot_product_attention(q, k, v, attn_mask=~blocked, scale=scaling)
-            out[span] = o.transpose(1, 2).reshape(n * length, heads, dim)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=None if blocked is None else ~blocked,
+                                           is_causal=plain_causal, scale=scaling, enable_gqa=grouped)
+        out.as_strided((count, heads, length, dim), (length * heads * dim, dim, heads * dim, 1),
+                       start * heads * dim).copy_(o)
     return out
+
+
+def _run_view(packed: torch.Tensor, start: int, count: int, length: int, keep: int) -> torch.Tensor:
+    """``(count, H, keep, d)``: the first ``keep`` tokens of each of ``count`` sequences of ``length`` tokens that
+    start at token ``start`` of a packed ``(H, T, d)`` tensor (any strides)."""
+    heads, _, dim = packed.shape
+    head_stride, token_stride, dim_stride = packed.stride()
+    return packed.as_strided((count, heads, keep, dim), (length * token_stride, head_stride, token_stride, dim_stride),
+                             packed.storage_offset() + start * token_stride)
 
 
 @functools.cache

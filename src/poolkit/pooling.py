@@ -7,8 +7,8 @@ padding side of the tokenizer never matters. All maths runs in float32.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,29 @@ def apply_activation(logits: torch.Tensor, activation: Activation) -> torch.Tens
     if activation == "sigmoid":
         return torch.sigmoid(logits)
     return logits
+
+
+def by_option(rows: torch.Tensor, options: Sequence[HeadOptions], key: Callable[[HeadOptions], Any],
+              apply: Callable[[torch.Tensor, Any], torch.Tensor]) -> list[torch.Tensor]:
+    """``apply(block, key)`` once per group of rows whose options share ``key``, not once per row: every tensor
+    call retakes the GIL, which the server's event loop thread often holds."""
+    groups: dict[Any, list[int]] = {}
+    for i, opt in enumerate(options):
+        groups.setdefault(key(opt), []).append(i)
+    if len(groups) == 1:
+        return list(apply(rows, next(iter(groups))).unbind(0))
+    out: list[torch.Tensor] = [torch.empty(0)] * len(options)
+    for group, members in groups.items():
+        for i, row in zip(members, apply(rows[members], group).unbind(0)):
+            out[i] = row
+    return out
+
+
+def _embedding_rows(vectors: torch.Tensor, dimensions_normalize: tuple[int | None, bool]) -> torch.Tensor:
+    dimensions, normalize = dimensions_normalize
+    if dimensions is not None:
+        vectors = vectors[:, :dimensions]  # Matryoshka: truncate first, then re-normalize
+    return F.normalize(vectors, p=2, dim=-1) if normalize else vectors
 
 
 def sequence_rows(lengths: torch.Tensor) -> torch.Tensor:
@@ -201,7 +224,7 @@ class Pooler(nn.Module):
         input_ids = [p.input_ids for p in prompts]
         if self.model_config.head == "sequence":
             pooled = states.float()  # (B, num_labels) logits straight from the HF head
-            return [self._activate(row, opt) for row, opt in zip(pooled.cpu(), options)]
+            return by_option(pooled.cpu(), options, lambda opt: opt.activation, self._activate_rows)
         if self.per_token:
             step_tag = self.config.step_tag_id if self.pooling_type is PoolingType.STEP else None
             rows = pool_tokens(states, lengths, input_ids, self.pooling_type, step_tag, self.config.returned_token_ids)
@@ -222,8 +245,11 @@ class Pooler(nn.Module):
             pooled = self.dense(pooled.to(next(self.dense.parameters()).dtype)).float()
         if self.score_head is not None:
             pooled = self.score_head(pooled.to(self.score_head.weight.dtype)).float()
-            return [self._activate(row, opt) for row, opt in zip(pooled.cpu(), options)]
-        return [self._embedding_head(row, opt) for row, opt in zip(pooled.cpu(), options)]
+            return by_option(pooled.cpu(), options, lambda opt: opt.activation, self._activate_rows)
+        return by_option(pooled.cpu(), options, lambda opt: (opt.dimensions, opt.normalize), _embedding_rows)
+
+    def _activate_rows(self, logits: torch.Tensor, activation: bool) -> torch.Tensor:
+        return apply_activation(logits, self.activation_kind if activation else "identity")
 
     def _activate(self, logits: torch.Tensor, opt: HeadOptions) -> torch.Tensor:
         return apply_activation(logits, self.activation_kind if opt.activation else "identity")
@@ -233,8 +259,3 @@ class Pooler(nn.Module):
             return self._activate(tokens, opt)
         return F.normalize(tokens, p=2, dim=-1) if opt.normalize else tokens
 
-    @staticmethod
-    def _embedding_head(vector: torch.Tensor, opt: HeadOptions) -> torch.Tensor:
-        if opt.dimensions is not None:
-            vector = vector[: opt.dimensions]  # Matryoshka: truncate first, then re-normalize
-        return F.normalize(vector, p=2, dim=-1) if opt.normalize else vector
