@@ -131,6 +131,38 @@ async def test_a_small_request_is_served_before_the_rest_of_a_large_one(llm, mon
     assert sum(batch.count(ids(10)) for batch in batches) == 21
 
 
+async def test_large_request_parts_make_short_engine_calls(llm, monkeypatch) -> None:
+    """A request over max_batch_tokens is queued in parts of max_bulk_batch_tokens, and a call takes such parts
+    only up to that budget; the first parts of other requests still fill a whole batch."""
+    engine = AsyncPoolingEngine(llm, batch_wait_ms=0, max_batch_tokens=64, max_bulk_batch_tokens=20,
+                                max_queue_wait=0)
+    engine.start()
+    calls: list[list[list[int]]] = []
+    try:
+        with held_worker(llm, monkeypatch) as entered:
+            real = llm.engine.execute
+
+            def record(prompts, *args, **kwargs):
+                calls.append([p.input_ids for p in prompts])
+                return real(prompts, *args, **kwargs)
+
+            monkeypatch.setattr(llm.engine, "execute", record)
+            first = asyncio.create_task(engine.process("classify", ids(5)))
+            await until(entered.is_set, "the worker to take the first request")
+            large = asyncio.create_task(engine.process("classify", [ids(10)] * 12))  # 120 tokens > 64
+            await until(lambda: engine.queued_tokens == 120, "the large request to be queued")
+            smalls = [asyncio.create_task(engine.process("classify", ids(n))) for n in (5, 6, 7, 8)]
+            await until(lambda: engine.queued_tokens == 146, "the small requests to be queued")
+        await asyncio.gather(first, large, *smalls)
+    finally:
+        await engine.close()
+    tokens = [sum(map(len, call)) for call in calls]
+    # The large request's first part (20 tokens) and the small requests in one call, no later part with them.
+    assert calls[1] == [ids(10)] * 2 + [ids(n) for n in (5, 6, 7, 8)]
+    assert tokens[2:] == [20] * 5, tokens
+    assert sum(call.count(ids(10)) for call in calls) == 12
+
+
 class Skips:
     def __init__(self) -> None:
         self.skipped: dict[str, int] = {}

@@ -181,6 +181,8 @@ class AsyncPoolingEngine:
                                                         else max_wait_ms) / 1000.0)
         self.max_batch_tokens = max(1, self.args.max_batch_tokens
                                     or self.engine.scheduler_config.max_num_batched_tokens)
+        bulk = self.args.max_bulk_batch_tokens
+        self.max_bulk_batch_tokens = min(bulk, self.max_batch_tokens) if bulk > 0 else self.max_batch_tokens
         self.max_queued_tokens = self.args.max_queued_tokens
         self.max_queue_wait = self.args.max_queue_wait
         self.stats = stats
@@ -350,8 +352,9 @@ class AsyncPoolingEngine:
         return await self._express.run(lambda tasks: tasks.processor.tokenizer.decode(list(token_ids)))
 
     def _enqueue(self, request: PreparedRequest, deadline: float, first_part: int) -> list[_Work]:
-        """Queue a prepared request now, in parts of at most ``max_batch_tokens`` (at least one prompt each),
-        so that a large request interleaves with small ones instead of holding them up.
+        """Queue a prepared request now: whole if it fits one batch, else in parts of at most
+        ``max_bulk_batch_tokens`` (at least one prompt each), so that a large request interleaves with small
+        ones instead of holding them up.
 
         ``first_part``: how many parts of the same request are queued already. The token cap
         (``max_queued_tokens``, now that the request's tokens are known) and the deadline apply to a
@@ -361,8 +364,10 @@ class AsyncPoolingEngine:
         prompts, options = request.prompts, request.options
         bounds: list[tuple[int, int, int]] = []
         start, tokens = 0, 0
+        whole = first_part == 0 and sum(len(p) for p in prompts) <= self.max_batch_tokens
+        part_tokens = self.max_batch_tokens if whole else self.max_bulk_batch_tokens
         for i, prompt in enumerate(prompts):
-            if i > start and tokens + len(prompt) > self.max_batch_tokens:
+            if i > start and tokens + len(prompt) > part_tokens:
                 bounds.append((start, i, tokens))
                 start, tokens = i, 0
             tokens += len(prompt)
@@ -425,13 +430,15 @@ class AsyncPoolingEngine:
                     break
                 self._cond.wait(remaining)
             # Every request's first parts before any later part (then oldest first): a small request is
-            # served next even behind a large one, and large requests take turns.
+            # served next even behind a large one, and large requests take turns. Later parts fill a call
+            # only up to the bulk budget, so that the call a newcomer waits for stays short.
             order = sorted(self._queue, key=lambda w: (w.part, w.enqueued))
             batch: list[_Work] = []
             taken: set[int] = set()
             tokens = 0
             for item in order:
-                if taken and tokens + item.num_tokens > self.max_batch_tokens:
+                budget = self.max_batch_tokens if item.part == 0 else self.max_bulk_batch_tokens
+                if taken and tokens + item.num_tokens > budget:
                     break
                 taken.add(id(item))
                 self._queued_tokens -= item.num_tokens
@@ -517,9 +524,9 @@ class AsyncPoolingEngine:
             pass
 
     def _worker_loop(self) -> None:
-        logger.info("Model worker started (batch wait %.1f ms, batch budget %d tokens, queue limits %d tokens "
-                    "and %gs of expected wait)", self.batch_wait_s * 1000, self.max_batch_tokens,
-                    self.max_queued_tokens, self.max_queue_wait)
+        logger.info("Model worker started (batch wait %.1f ms, batch budget %d tokens, %d for large requests' "
+                    "parts, queue limits %d tokens and %gs of expected wait)", self.batch_wait_s * 1000,
+                    self.max_batch_tokens, self.max_bulk_batch_tokens, self.max_queued_tokens, self.max_queue_wait)
         while True:
             batch = self._next_batch()
             if batch is None:

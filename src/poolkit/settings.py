@@ -382,6 +382,10 @@ class BatchingArgs:
     max_batch_tokens: int | None = setting(
         None, help="prompt tokens merged into one engine call (None: the engine's max_num_batched_tokens)",
         parse=parse_optional_int)
+    max_bulk_batch_tokens: int = setting(
+        2048, help="a request larger than max_batch_tokens is queued in parts of this many tokens, and an engine "
+                   "call takes such parts only up to this many tokens: a small request arriving meanwhile waits for "
+                   "one short call, not a full batch. 0: max_batch_tokens")
     max_queued_tokens: int = setting(1 << 20, help="queued tokens beyond which requests get 429 + Retry-After")
     max_queue_wait: float = setting(
         5.0, help="seconds a new request may expect to wait for the model (queued tokens / measured tokens per "
@@ -389,6 +393,6 @@ class BatchingArgs:
                   "request still queued twice as long after it arrived gets 503 instead of running. 0: no limit")
 
     def __post_init__(self) -> None:
-        for name in ("batch_wait_ms", "max_queue_wait"):
+        for name in ("batch_wait_ms", "max_queue_wait", "max_bulk_batch_tokens"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
