@@ -72,6 +72,20 @@ def held_worker(llm: LLM, monkeypatch):
         release.set()
 
 
+@contextlib.contextmanager
+def recorded_calls(llm: LLM, monkeypatch, calls: list[list[list[int]]]):
+    """:func:`held_worker`, and every engine call's prompts (their token ids) appended to ``calls``."""
+    with held_worker(llm, monkeypatch) as entered:
+        held = llm.engine.execute
+
+        def record(prompts, *args, **kwargs):
+            calls.append([p.input_ids for p in prompts])
+            return held(prompts, *args, **kwargs)
+
+        monkeypatch.setattr(llm.engine, "execute", record)
+        yield entered
+
+
 async def test_overload_answers_429_with_retry_after(llm, monkeypatch) -> None:
     async with serving(llm, batch_wait_ms=0, max_queued_tokens=20) as (engine, client):
         with held_worker(llm, monkeypatch) as entered:
@@ -107,16 +121,9 @@ def test_admission_by_expected_wait(llm) -> None:
 async def test_a_small_request_is_served_before_the_rest_of_a_large_one(llm, monkeypatch) -> None:
     engine = AsyncPoolingEngine(llm, batch_wait_ms=0, max_batch_tokens=32, max_queue_wait=0)
     engine.start()
-    batches: list[list[list[int]]] = []
+    batches: list[list[list[int]]] = []  # the token ids of each engine call's prompts
     try:
-        with held_worker(llm, monkeypatch) as entered:
-            real = llm.engine.execute
-
-            def record(prompts, *args, **kwargs):
-                batches.append([p.input_ids for p in prompts])
-                return real(prompts, *args, **kwargs)
-
-            monkeypatch.setattr(llm.engine, "execute", record)
+        with recorded_calls(llm, monkeypatch, batches) as entered:
             first = asyncio.create_task(engine.process("classify", ids(5)))
             await until(entered.is_set, "the worker to take the first request")
             large = asyncio.create_task(engine.process("classify", [ids(10)] * 21))  # 7 parts of 30 tokens
@@ -139,14 +146,7 @@ async def test_large_request_parts_make_short_engine_calls(llm, monkeypatch) -> 
     engine.start()
     calls: list[list[list[int]]] = []
     try:
-        with held_worker(llm, monkeypatch) as entered:
-            real = llm.engine.execute
-
-            def record(prompts, *args, **kwargs):
-                calls.append([p.input_ids for p in prompts])
-                return real(prompts, *args, **kwargs)
-
-            monkeypatch.setattr(llm.engine, "execute", record)
+        with recorded_calls(llm, monkeypatch, calls) as entered:
             first = asyncio.create_task(engine.process("classify", ids(5)))
             await until(entered.is_set, "the worker to take the first request")
             large = asyncio.create_task(engine.process("classify", [ids(10)] * 12))  # 120 tokens > 64
