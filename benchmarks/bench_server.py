@@ -17,6 +17,8 @@ own venv (it pins other torch/transformers versions), e.g.
         "infinity-emb[server,torch]==0.0.78"
 
 On a shared machine, check `uptime` first: the load generator itself shares the CPU with the server.
+`--cpu` prints where the CPU went in each round: the server's event-loop thread, its other threads
+(model worker, OpenMP team, tokenizer lanes), the load generator, and the offline run's own share.
 """
 
 from __future__ import annotations
@@ -139,10 +141,46 @@ class Offline:
 
     def run(self, texts: list[str]) -> dict:
         self.llm.embed(texts[:64], truncate_prompt_tokens=-1, use_tqdm=False)  # warm-up
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), os.times()
         self.llm.embed(texts, truncate_prompt_tokens=-1, use_tqdm=False)
-        seconds = time.perf_counter() - start
-        return {"texts": len(texts), "seconds": seconds, "texts_per_s": len(texts) / seconds}
+        seconds, after = time.perf_counter() - start, os.times()
+        cpu_seconds = after.user - cpu.user + after.system - cpu.system
+        return {"texts": len(texts), "seconds": seconds, "texts_per_s": len(texts) / seconds,
+                "cpu_share": cpu_seconds / seconds}
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) of each thread of process ``pid``, from /proc (Linux)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    seconds = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(FileNotFoundError):
+            fields = open(f"/proc/{pid}/task/{tid}/stat").read().rsplit(")", 1)[1].split()
+            seconds[int(tid)] = (int(fields[11]) + int(fields[12])) / ticks
+    return seconds
+
+
+class CpuShares:
+    """Where the CPU went during a load round: the server's event-loop (main) thread, its other threads (the
+    model worker with its OpenMP team, tokenizer lanes), and this process (the load generator)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.summary = ""
+
+    def __enter__(self) -> CpuShares:
+        self.start, self.threads, self.own = time.perf_counter(), thread_cpu(self.pid), os.times()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = time.perf_counter() - self.start
+        after, own = thread_cpu(self.pid), os.times()
+        used = {tid: after[tid] - self.threads.get(tid, 0.0) for tid in after}
+        main = used.pop(self.pid, 0.0)
+        client = own.user - self.own.user + own.system - self.own.system
+        self.summary = (f"{'':<10} CPU, % of one core: server event loop {main / wall:.0%}, server other threads "
+                        f"{sum(used.values()) / wall:.0%}, load generator {client / wall:.0%} "
+                        f"(of {os.cpu_count()} cores)")
 
 
 def report(name: str, r: dict) -> None:
@@ -159,6 +197,10 @@ def main() -> int:
     p.add_argument("--server-args", default="", help="Extra flags for poolkit serve, e.g. '--batch-wait-ms 5'")
     p.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
                    help="Environment of the started server only, e.g. OMP_WAIT_POLICY=passive (repeatable)")
+    p.add_argument("--cpu", action="store_true",
+                   help="Also print where the CPU went in each poolkit round (per-thread /proc counters; needs the "
+                        "server's pid: a started server, or --pid with --url)")
+    p.add_argument("--pid", type=int, help="With --url and --cpu: the server's process id")
     p.add_argument("--clients", "-c", type=int, default=16)
     p.add_argument("--texts-per-request", "-n", type=int, default=16)
     p.add_argument("--num-texts", "-k", type=int, default=1500, help="First K corpus texts (default: %(default)s)")
@@ -188,6 +230,7 @@ def main() -> int:
         server = RemoteServer(args.model, ["--disable-access-log", *shlex.split(args.server_args)], api_key=args.api_key,
                               env=dict(item.split("=", 1) for item in args.server_env))
         url = stack.enter_context(server).url
+        args.pid = server.proc.pid if server.proc is not None else None
     peer_url = args.peer_url
     if args.peer == "infinity" and not peer_url:
         from poolkit.entrypoints.testing import free_port
@@ -205,10 +248,14 @@ def main() -> int:
     with stack:
         for r in range(args.rounds):
             row: dict = {}
-            row["poolkit"] = asyncio.run(run_load(url, "/v1/embeddings", texts, args.clients, args.texts_per_request,
-                                                  None, {"truncate_prompt_tokens": -1}, headers, args.max_seconds,
-                                                  args.warmup))
+            shares = CpuShares(args.pid) if args.cpu and args.pid else None
+            with shares or contextlib.nullcontext():
+                row["poolkit"] = asyncio.run(run_load(url, "/v1/embeddings", texts, args.clients,
+                                                      args.texts_per_request, None, {"truncate_prompt_tokens": -1},
+                                                      headers, args.max_seconds, args.warmup))
             report("poolkit", row["poolkit"])
+            if shares is not None:
+                print(shares.summary, flush=True)
             if peer_url:
                 row["peer"] = asyncio.run(run_load(peer_url, args.peer_path, texts, args.clients,
                                                    args.texts_per_request, args.peer_model, {}, {}, args.max_seconds,
@@ -219,6 +266,8 @@ def main() -> int:
                 o = row["offline"]
                 print(f"{'offline':<10} {o['texts_per_s']:8.1f} texts/s  LLM.embed on the same {o['texts']} texts "
                       f"in {o['seconds']:.2f} s", flush=True)
+                if args.cpu:
+                    print(f"{'':<10} CPU, % of one core: {o['cpu_share']:.0%}", flush=True)
             rounds.append(row)
         batching = scrape_batches(url, headers)
     results["rounds"] = rounds
