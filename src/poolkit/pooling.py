@@ -251,11 +251,8 @@ class Pooler(nn.Module):
     def _activate_rows(self, logits: torch.Tensor, activation: bool) -> torch.Tensor:
         return apply_activation(logits, self.activation_kind if activation else "identity")
 
-    def _activate(self, logits: torch.Tensor, opt: HeadOptions) -> torch.Tensor:
-        return apply_activation(logits, self.activation_kind if opt.activation else "identity")
-
     def _token_head(self, tokens: torch.Tensor, opt: HeadOptions) -> torch.Tensor:
         if self.model_config.head == "token" or self.model_config.task == "reward":
-            return self._activate(tokens, opt)
+            return self._activate_rows(tokens, opt.activation)
         return F.normalize(tokens, p=2, dim=-1) if opt.normalize else tokens
 
