@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from PIL import Image
 from poolkit import LLM
 from poolkit.entrypoints.server_args import ServerArgs
 from poolkit.entrypoints.testing import serving
-from poolkit.testing import build_tiny_checkpoint
+from poolkit.testing import build_tiny_checkpoint, loopback_http_server
 from poolkit.testing import draw_shape as drawing
 from poolkit.testing import png_bytes as png
 
@@ -163,12 +162,8 @@ class ImageHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def image_server() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), ImageHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with loopback_http_server(ImageHandler) as url:
+        yield url
 
 
 def conversation(url: str | None = None, text: str | None = None) -> list[dict]:

@@ -12,7 +12,7 @@ import base64
 import json
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from langchain_core.embeddings import DeterministicFakeEmbedding
 
 from langchain_poolkit import PoolkitEmbeddings, PoolkitFAISS, _backends
 from poolkit.testing import draw_shape as drawing
+from poolkit.testing import loopback_http_server
 
 pytestmark = pytest.mark.unit
 
@@ -67,12 +68,8 @@ def image_server(image_dir: Path) -> Iterator[str]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with loopback_http_server(Handler) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
