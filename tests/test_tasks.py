@@ -94,6 +94,23 @@ def test_token_id_truncation_keeps_special_tokens_like_text(tiny, kind) -> None:
     assert not short.truncated and short.num_input_tokens == len(short.prompt_token_ids)
 
 
+@pytest.mark.parametrize("kind", ["encoder", "roberta-encoder", "decoder", "t5-encoder"])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_truncated_texts_are_the_tokenizers_own_cut(tiny, kind, side) -> None:
+    """Texts over the limit are tokenized once and their ids cut; the result is what the tokenizer's own
+    ``truncation=True, max_length=limit`` gives, on either side and with mixed lengths in one call."""
+    llm = LLM(str(tiny(kind)), dtype="float32")
+    processor = llm.tasks.processor
+    processor.tokenizer.truncation_side = side
+    texts = [" ".join(SAMPLE_TEXTS * 6), "paris", " ".join(SAMPLE_TEXTS[::-1] * 3)]
+    for limit in (llm.model_config.max_model_len, 20, 7):
+        prompts = processor.encode(texts, truncate_prompt_tokens=limit)
+        reference = processor.tokenizer(texts, truncation=True, max_length=limit)["input_ids"]
+        assert [p.input_ids for p in prompts] == [list(ids) for ids in reference]
+        full = processor.tokenizer(texts)["input_ids"]
+        assert [p.num_input_tokens for p in prompts] == [len(ids) for ids in full]
+
+
 def test_pairs_report_their_untruncated_length(tiny) -> None:
     llm = LLM(str(tiny("cross-encoder")), dtype="float32")
     long_doc = " ".join(SAMPLE_TEXTS * 6)

@@ -227,6 +227,13 @@ class InputProcessor:
             raise ValueError(f"truncation_side must be 'left' (keep the end) or 'right' (keep the start), got {side!r}")
         return side
 
+    def framed(self, ids: list[int], limit: int) -> bool:
+        """True when ``ids`` are a text between the tokenizer's special tokens (:attr:`special_template`) and a cut
+        to ``limit`` leaves room for some of the text: then :meth:`truncate_ids` cuts as the tokenizer does."""
+        prefix, suffix = self.special_template
+        return (len(prefix) + len(suffix) < limit and ids[:len(prefix)] == prefix
+                and (not suffix or ids[len(ids) - len(suffix):] == suffix))
+
     def truncate_ids(self, ids: list[int], limit: int, side: TruncationSide | None = None,
                      keep_start: int = 0) -> list[int]:
         """Cut token ids to ``limit`` as the tokenizer cuts text: its special tokens stay at both ends.
@@ -237,9 +244,7 @@ class InputProcessor:
         """
         prefix, suffix = self.special_template
         left = self.truncation_side(side) == "left"
-        framed = (len(prefix) + len(suffix) < limit and ids[:len(prefix)] == prefix
-                  and (not suffix or ids[len(ids) - len(suffix):] == suffix))
-        if not framed:
+        if not self.framed(ids, limit):
             return ids[-limit:] if left else ids[:limit]
         body = ids[len(prefix):len(ids) - len(suffix)]
         keep = limit - len(prefix) - len(suffix)
@@ -275,16 +280,19 @@ class InputProcessor:
             for (i, _), ids in zip(texts, enc["input_ids"]):
                 out[i] = TokenizedPrompt(list(ids))
             too_long = [(i, t) for i, t in texts if limit is not None and len(out[i]) > limit]  # type: ignore[arg-type]
-            if too_long and not by_tokenizer:
-                for i, _ in too_long:
-                    ids = out[i].input_ids  # type: ignore[union-attr]
-                    out[i] = TokenizedPrompt(self.truncate_ids(ids, limit, side, keep_text_start),  # type: ignore[arg-type]
-                                             num_input_tokens=len(ids))
-            elif too_long:
-                enc = self.tokenizer([t for _, t in too_long], add_special_tokens=True, truncation=True,
+            # Cut the ids already made (the same tokens as the tokenizer's own cut, without tokenizing a long text
+            # twice); only ids not framed by the special-token template are tokenized again, truncating.
+            again = [(i, t) for i, t in too_long
+                     if by_tokenizer and not self.framed(out[i].input_ids, limit)]  # type: ignore[arg-type, union-attr]
+            for i, _ in too_long:
+                ids = out[i].input_ids  # type: ignore[union-attr]
+                out[i] = TokenizedPrompt(self.truncate_ids(ids, limit, side, keep_text_start),  # type: ignore[arg-type]
+                                         num_input_tokens=len(ids))
+            if again:
+                enc = self.tokenizer([t for _, t in again], add_special_tokens=True, truncation=True,
                                      max_length=limit, verbose=False)
-                for (i, _), ids in zip(too_long, enc["input_ids"]):
-                    out[i] = TokenizedPrompt(list(ids), num_input_tokens=len(out[i]))  # type: ignore[arg-type]
+                for (i, _), ids in zip(again, enc["input_ids"]):
+                    out[i] = TokenizedPrompt(list(ids), num_input_tokens=out[i].num_input_tokens)  # type: ignore[union-attr]
         for i, prompt in enumerate(prompts):
             if isinstance(prompt, ImagePrompt):
                 out[i] = self.encode_image(prompt, first_index + i)
