@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml $(INTEGRATIONS) Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[server,corpus,default-model,test]" $(foreach p,$(INTEGRATIONS),-e "$(dir $(p))[test]")
+	$(PY) -m pip install --quiet -e ".[server,corpus,default-model,bench,test]" $(foreach p,$(INTEGRATIONS),-e "$(dir $(p))[test]")
 	touch $(STAMP)
 
 install: $(STAMP)

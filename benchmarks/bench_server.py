@@ -16,7 +16,10 @@ own venv (it pins other torch/transformers versions), e.g.
     python3 -m venv /tmp/infvenv && /tmp/infvenv/bin/pip install torch==2.13.0 \
         "infinity-emb[server,torch]==0.0.78"
 
-On a shared machine, check `uptime` first: the load generator itself shares the CPU with the server.
+On a shared machine, check `uptime` first: the load generator itself shares the CPU with the server,
+so it is aiohttp by default (~2% of a core at 16 x 16 where httpx, `--client httpx`, took ~8%).
+`--in-process` also runs the load on the server's batching engine in this process, without HTTP: the
+ratios then split the gap to offline into batching (in-process / offline) and HTTP (server / in-process).
 `--cpu` prints where the CPU went in each round: the server's event-loop thread, its other threads
 (model worker, OpenMP team, tokenizer lanes), the load generator, and the offline run's own share.
 """
@@ -35,7 +38,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any, Protocol
 
 import httpx
 import numpy as np
@@ -49,53 +54,128 @@ def load_texts(path: Path, n: int) -> list[str]:
         return [json.loads(line)["text"] for _, line in zip(range(n), fh)]
 
 
-async def run_load(url: str, path: str, texts: list[str], clients: int, per_request: int, model: str | None,
-                   extra: dict, headers: dict, max_seconds: float, warmup: int) -> dict:
-    batches = [texts[i: i + per_request] for i in range(0, len(texts), per_request)]
-    latencies: list[float] = []
-    errors: list[str] = []
-    sent_texts = 0
+class LoadClient(Protocol):
+    """One keep-alive connection pool of the load generator: POST a JSON body, get (status, body bytes)."""
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]: ...
+
+
+@contextlib.asynccontextmanager
+async def load_client(kind: str, url: str, headers: dict, clients: int) -> AsyncIterator[LoadClient]:
+    """A pool of ``clients`` connections to ``url``.
+
+    The load generator shares the machine's cores with the server it loads (2 on the project's VM), so its
+    own CPU shows up as lost server throughput. aiohttp (C HTTP parser) took ~2% of a core at 16 x 16 where
+    httpx took ~8% (``--cpu``); ``--client httpx`` keeps the older figure comparable.
+    """
+    headers = {"Content-Type": "application/json", **headers}
+    if kind == "aiohttp":
+        import aiohttp
+
+        class AiohttpClient:
+            def __init__(self, session: aiohttp.ClientSession) -> None:
+                self.session = session
+
+            async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+                async with self.session.post(path, data=body) as response:
+                    return response.status, await response.read()
+
+        connector = aiohttp.TCPConnector(limit=clients)
+        async with aiohttp.ClientSession(url, headers=headers, connector=connector,
+                                         timeout=aiohttp.ClientTimeout(total=300)) as session:
+            yield AiohttpClient(session)
+        return
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=300, limits=limits) as client:
 
-        def body(batch: list[str]) -> dict:
-            payload = {"input": batch, "encoding_format": "base64", **extra}
-            if model:
-                payload["model"] = model
-            return payload
+        class HttpxClient:
+            async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+                response = await client.post(path, content=body)
+                return response.status_code, response.content
 
-        for batch in batches[:warmup]:  # not timed
-            (await client.post(path, json=body(batch))).raise_for_status()
+        yield HttpxClient()
 
-        queue: asyncio.Queue[list[str]] = asyncio.Queue()
-        for batch in batches:
-            queue.put_nowait(batch)
-        deadline = time.perf_counter() + max_seconds
 
-        async def worker() -> None:
-            nonlocal sent_texts
-            while not queue.empty() and time.perf_counter() < deadline:
-                batch = queue.get_nowait()
-                start = time.perf_counter()
-                try:
-                    response = await client.post(path, json=body(batch))
-                    if response.status_code != 200:
-                        errors.append(f"{response.status_code}: {response.text[:200]}")
-                    elif len(response.json()["data"]) != len(batch):
-                        errors.append("wrong number of embeddings")
-                    else:
-                        sent_texts += len(batch)
-                except httpx.HTTPError as exc:
-                    errors.append(repr(exc))
-                latencies.append(time.perf_counter() - start)
+Send = Callable[[list[str]], Awaitable["str | None"]]  # one request of these texts → an error text, or None
 
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(clients)))
-        elapsed = time.perf_counter() - start
+
+async def closed_loop(send: Send, texts: list[str], clients: int, per_request: int, max_seconds: float,
+                      warmup: int) -> dict:
+    """``clients`` callers, each sending its next request of ``per_request`` texts once the last one is answered,
+    until the texts are sent or ``max_seconds`` pass. The first ``warmup`` requests go first, untimed."""
+    batches = [texts[i: i + per_request] for i in range(0, len(texts), per_request)]
+    for batch in batches[:warmup]:
+        error = await send(batch)
+        if error is not None:
+            raise RuntimeError(f"warm-up request failed: {error}")
+    latencies: list[float] = []
+    errors: list[str] = []
+    sent_texts = 0
+    queue: asyncio.Queue[list[str]] = asyncio.Queue()
+    for batch in batches:
+        queue.put_nowait(batch)
+    deadline = time.perf_counter() + max_seconds
+
+    async def caller() -> None:
+        nonlocal sent_texts
+        while not queue.empty() and time.perf_counter() < deadline:
+            batch = queue.get_nowait()
+            start = time.perf_counter()
+            try:
+                error = await send(batch)
+            except Exception as exc:  # connection errors of either client: counted, the load goes on
+                error = repr(exc)
+            if error is None:
+                sent_texts += len(batch)
+            else:
+                errors.append(error)
+            latencies.append(time.perf_counter() - start)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(clients)))
+    elapsed = time.perf_counter() - start
     lat = np.array(latencies) * 1000 if latencies else np.zeros(1)
     return {"texts": sent_texts, "requests": len(latencies), "seconds": elapsed, "texts_per_s": sent_texts / elapsed,
             "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
             "errors": len(errors), "first_errors": errors[:3]}
+
+
+async def run_load(url: str, path: str, texts: list[str], clients: int, per_request: int, model: str | None,
+                   extra: dict, headers: dict, max_seconds: float, warmup: int, client_kind: str = "aiohttp") -> dict:
+    """The closed-loop load on an OpenAI-compatible embeddings endpoint (base64 vectors)."""
+    async with load_client(client_kind, url, headers, clients) as client:
+
+        async def send(batch: list[str]) -> str | None:
+            payload = {"input": batch, "encoding_format": "base64", **extra}
+            if model:
+                payload["model"] = model
+            status, content = await client.post(path, json.dumps(payload).encode())
+            if status != 200:
+                return f"{status}: {content[:200].decode(errors='replace')}"
+            if len(json.loads(content)["data"]) != len(batch):
+                return "wrong number of embeddings"
+            return None
+
+        return await closed_loop(send, texts, clients, per_request, max_seconds, warmup)
+
+
+async def run_in_process(llm: Any, texts: list[str], clients: int, per_request: int, max_seconds: float,
+                         warmup: int) -> dict:
+    """The same load on the server's batching engine (``AsyncPoolingEngine``, default batching settings) over
+    ``llm``, called from this process's event loop: the server without HTTP, its event loop and its clients."""
+    from poolkit.async_engine import AsyncPoolingEngine
+
+    engine = AsyncPoolingEngine(llm)
+    engine.start()
+    try:
+
+        async def send(batch: list[str]) -> str | None:
+            outputs = await engine.process("embed", batch, truncate_prompt_tokens=-1)
+            return None if len(outputs) == len(batch) else "wrong number of embeddings"
+
+        return await closed_loop(send, texts, clients, per_request, max_seconds, warmup)
+    finally:
+        await engine.close()
 
 
 def scrape_batches(url: str, headers: dict) -> dict:
@@ -214,12 +294,23 @@ def main() -> int:
     p.add_argument("--peer-url", help="Also load a running OpenAI-compatible peer, e.g. http://127.0.0.1:7997")
     p.add_argument("--peer-path", default="/embeddings")
     p.add_argument("--peer-model", default="sentence-transformers/all-MiniLM-L6-v2")
+    p.add_argument("--peer-body", type=json.loads, default={}, metavar="JSON",
+                   help="Extra fields of the peer's requests, e.g. '{\"truncate_prompt_tokens\": -1}' for a second "
+                        "poolkit server (Infinity truncates to the model's limit by itself)")
+    p.add_argument("--client", choices=["aiohttp", "httpx"], default="aiohttp",
+                   help="The load generator's HTTP client (default: %(default)s, the lighter on the shared CPU)")
+    p.add_argument("--in-process", action="store_true",
+                   help="Also run the load on the server's batching engine in this process, without HTTP (the "
+                        "offline LLM, async callers): what the HTTP layer and its clients cost, in the same run")
     p.add_argument("--json", type=Path, help="Also write the results here")
     args = p.parse_args()
+    if args.in_process and args.no_offline:
+        p.error("--in-process runs on the offline engine: drop --no-offline")
 
     texts = load_texts(args.corpus, args.num_texts)
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    print(f"{len(texts)} texts, {args.clients} clients x {args.texts_per_request} texts/request", flush=True)
+    print(f"{len(texts)} texts, {args.clients} clients x {args.texts_per_request} texts/request, load generator: "
+          f"{args.client}", flush=True)
     results: dict = {"config": vars(args) | {"corpus": str(args.corpus), "json": None}}
 
     stack = contextlib.ExitStack()
@@ -252,15 +343,19 @@ def main() -> int:
             with shares or contextlib.nullcontext():
                 row["poolkit"] = asyncio.run(run_load(url, "/v1/embeddings", texts, args.clients,
                                                       args.texts_per_request, None, {"truncate_prompt_tokens": -1},
-                                                      headers, args.max_seconds, args.warmup))
+                                                      headers, args.max_seconds, args.warmup, args.client))
             report("poolkit", row["poolkit"])
             if shares is not None:
                 print(shares.summary, flush=True)
             if peer_url:
                 row["peer"] = asyncio.run(run_load(peer_url, args.peer_path, texts, args.clients,
-                                                   args.texts_per_request, args.peer_model, {}, {}, args.max_seconds,
-                                                   args.warmup))
+                                                   args.texts_per_request, args.peer_model, args.peer_body, {},
+                                                   args.max_seconds, args.warmup, args.client))
                 report(args.peer or "peer", row["peer"])
+            if args.in_process and offline is not None:
+                row["in_process"] = asyncio.run(run_in_process(offline.llm, texts, args.clients, args.texts_per_request,
+                                                               args.max_seconds, args.warmup))
+                report("in-process", row["in_process"])
             if offline is not None:
                 row["offline"] = offline.run(texts)
                 o = row["offline"]
@@ -274,11 +369,14 @@ def main() -> int:
     results["server_batching"] = batching
     print(f"server batching: {batching['batches']:.0f} engine calls, mean {batching['mean_batch_seqs']:.1f} texts / "
           f"{batching['mean_batch_tokens']:.0f} tokens each; engine busy {batching['engine_seconds']:.1f} s in all")
-    for other in ("offline", "peer"):
-        ratios = [row["poolkit"]["texts_per_s"] / row[other]["texts_per_s"] for row in rounds if other in row]
+    comparisons = [("poolkit", "offline", "poolkit server / offline"),
+                   ("poolkit", "peer", f"poolkit server / {args.peer or 'peer'}"),
+                   ("in_process", "offline", "in-process engine / offline"),
+                   ("poolkit", "in_process", "poolkit server / in-process engine")]
+    for mine, other, label in comparisons:
+        ratios = [row[mine]["texts_per_s"] / row[other]["texts_per_s"] for row in rounds if mine in row and other in row]
         if ratios:
-            name = args.peer or "peer" if other == "peer" else "offline"
-            print(f"ratio poolkit server / {name}: " + ", ".join(f"{x:.2f}x" for x in ratios)
+            print(f"ratio {label}: " + ", ".join(f"{x:.2f}x" for x in ratios)
                   + (f" (median {statistics.median(ratios):.2f}x)" if len(ratios) > 1 else ""))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
