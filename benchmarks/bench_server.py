@@ -276,7 +276,8 @@ def main() -> int:
     p.add_argument("--api-key")
     p.add_argument("--server-args", default="", help="Extra flags for poolkit serve, e.g. '--batch-wait-ms 5'")
     p.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
-                   help="Environment of the started server only, e.g. OMP_WAIT_POLICY=passive (repeatable)")
+                   help="Environment of the started server only, e.g. OMP_WAIT_POLICY=passive (repeatable). Not "
+                        "OMP_WAIT_POLICY=active: the idle server's spinning threads slow the offline run beside it")
     p.add_argument("--cpu", action="store_true",
                    help="Also print where the CPU went in each poolkit round (per-thread /proc counters; needs the "
                         "server's pid: a started server, or --pid with --url)")
