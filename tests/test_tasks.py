@@ -111,6 +111,32 @@ def test_truncated_texts_are_the_tokenizers_own_cut(tiny, kind, side) -> None:
         assert [p.num_input_tokens for p in prompts] == [len(ids) for ids in full]
 
 
+@pytest.mark.parametrize("kind", ["encoder", "roberta-encoder", "decoder", "t5-encoder"])
+def test_text_ids_are_the_tokenizers_own(tiny, kind) -> None:
+    """The processor calls the Rust backend directly and gets the tokenizer call's ids: with and without special
+    tokens, special-token strings inside a text, after a call that left the backend set to cut and pad, and with
+    ``split_special_tokens``."""
+    llm = LLM(str(tiny(kind)), dtype="float32")
+    processor = llm.tasks.processor
+    assert processor._rust_backend is not None  # the direct path is what runs for these tokenizers
+    tokenizer = processor.tokenizer
+    specials = " x ".join(t for t in (tokenizer.bos_token, tokenizer.cls_token, tokenizer.sep_token,
+                                      tokenizer.eos_token) if t)
+    texts = [*SAMPLE_TEXTS, "", "  spaced   out ", "é ü 日本語 🙂", f"{specials} x"]
+
+    def reference(add_special_tokens: bool) -> list[list[int]]:
+        return [list(ids) for ids in tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]]
+
+    last_text_ids = {}
+    for split in (False, True):
+        tokenizer(texts[:2], truncation=True, max_length=4, padding="max_length" if tokenizer.pad_token else False)
+        tokenizer.split_special_tokens = split  # after the call: the backend still has the previous setting
+        assert processor.text_ids(texts) == reference(True)
+        assert processor.text_ids(texts, add_special_tokens=False) == reference(False)
+        last_text_ids[split] = processor.tokenize(texts[-1])
+    assert last_text_ids[False] != last_text_ids[True]  # both settings ran: special-token strings split only when asked
+
+
 def test_pairs_report_their_untruncated_length(tiny) -> None:
     llm = LLM(str(tiny("cross-encoder")), dtype="float32")
     long_doc = " ".join(SAMPLE_TEXTS * 6)
