@@ -223,8 +223,8 @@ class InputProcessor:
 
         For a plain transformers fast tokenizer this is its Rust backend's ``encode_batch_fast`` (no character
         offsets), set up as the tokenizer's own call sets it (no truncation, no padding, its
-        ``split_special_tokens``): the same ids for ~2/3 of the CPU time, which in the server is time taken
-        from the model on its two cores.
+        ``split_special_tokens``): the same ids for about two thirds of the call's CPU time, which in the server
+        is time taken from the model on the same cores.
         """
         backend = self._rust_backend
         if backend is None:
@@ -386,7 +386,7 @@ class InputProcessor:
         texts = [template.format(query=q, document=d) for q, d in pairs]
         result = []
         for index, ((query, document), ids) in enumerate(zip(pairs, self.text_ids(texts))):
-            fitted = list(ids)
+            fitted = ids
             if limit is not None and len(fitted) > limit:
                 fitted = self._fit_document(template, query, document, limit, index)
             result.append(TokenizedPrompt(fitted, num_input_tokens=len(ids)))
