@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import threading
 import time
@@ -254,6 +255,50 @@ async def test_large_request_is_chunked_and_keeps_order(llm, monkeypatch) -> Non
     assert len(sizes) > 3 and sum(sizes) == 40
     np.testing.assert_allclose([d["probs"] for d in body["data"]],
                                [o.outputs.probs for o in llm.classify(texts, use_tqdm=False)], atol=1e-5)
+
+
+async def test_model_workers_run_batches_side_by_side_on_their_share_of_the_threads(llm, monkeypatch) -> None:
+    """model_workers=2: two batches run at once, on two threads with half the CPU threads each (the starting
+    thread keeps its own), and every result is the offline one."""
+    import torch
+
+    total = torch.get_num_threads()
+    real_execute = llm.engine.execute
+    side_by_side = threading.Barrier(2, timeout=30)  # passes only when two engine calls are in flight together
+    seen: dict[str, int] = {}
+    calls = itertools.count()
+
+    def execute(*args, **kwargs):
+        seen[threading.current_thread().name] = torch.get_num_threads()
+        if next(calls) < 2:  # the first two calls wait for each other
+            with contextlib.suppress(threading.BrokenBarrierError):
+                side_by_side.wait()
+        return real_execute(*args, **kwargs)
+
+    monkeypatch.setattr(llm.engine, "execute", execute)
+    engine = AsyncPoolingEngine(llm, batch_wait_ms=0, max_batch_tokens=16, model_workers=2, max_queue_wait=0)
+    engine.start()
+    texts = [TEXTS[i % len(TEXTS)] + " x" * (i % 5) for i in range(40)]
+    try:
+        results = await asyncio.gather(*(engine.process("classify", text) for text in texts))
+        assert engine.is_running  # no worker died taking work the other had just taken
+    finally:
+        await engine.close()
+    assert not side_by_side.broken, "the two workers never ran a batch at the same time"
+    assert seen == {"poolkit-model-worker-0": max(1, total // 2), "poolkit-model-worker-1": max(1, total // 2)}
+    assert torch.get_num_threads() == total
+    expected = llm.classify(texts, use_tqdm=False)
+    np.testing.assert_allclose([r[0].outputs.probs for r in results], [e.outputs.probs for e in expected], atol=1e-5)
+
+
+def test_model_workers_are_validated(llm, monkeypatch) -> None:
+    import torch
+
+    with pytest.raises(ValueError, match="model_workers must be >= 1"):
+        AsyncPoolingEngine(llm, model_workers=0)
+    monkeypatch.setattr(llm.engine.runner, "device", torch.device("cuda"))
+    with pytest.raises(ValueError, match="several model workers run CPU engines only"):
+        AsyncPoolingEngine(llm, model_workers=2)
 
 
 async def test_close_drains_queued_work_then_refuses(llm) -> None:

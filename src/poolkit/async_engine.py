@@ -15,10 +15,12 @@ same task layer (:mod:`poolkit.tasks`) as the offline API.
   slice queued for the model as soon as it is tokenized, so two large requests
   interleave and the model starts before the whole request is tokenized.
   Invalid input raises ``ValueError``/``TypeError`` there, before batching.
-- **Batching**: ONE model worker thread takes everything queued within a short
+- **Batching**: a model worker thread takes everything queued within a short
   window (a few ms) up to a token budget and runs ``PoolingEngine.execute``
   once on the merged batch. If a merged batch fails, every request in it is
-  retried on its own, so one bad request never fails the others.
+  retried on its own, so one bad request never fails the others. One worker by
+  default; on CPUs, ``model_workers`` threads share the model and split torch's
+  CPU threads between them, each taking the next batch when it is free.
 - **Cancelled and expired work is not run**: a request whose caller went away
   (its coroutine cancelled) drops its queued slices; a request still queued
   twice ``max_queue_wait`` after it arrived fails with :class:`QueueTimeoutError`
@@ -46,7 +48,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .engine import LLM
+from .engine import LLM, cpu_threads, use_cpu_threads
 from .inputs import IMAGE_PROMPT_SIZE, ImagePrompt, InputProcessor, TokenizedPrompt, normalize_prompts, slices
 from .outputs import RequestOutput
 from .params import HeadOptions
@@ -162,9 +164,9 @@ class AsyncPoolingEngine:
     """Serve an ``LLM`` to many concurrent asyncio callers.
 
     Args:
-        llm: the loaded offline engine; its ``PoolingEngine`` is used from one thread only.
+        llm: the loaded offline engine; its ``PoolingEngine`` runs on the model worker thread(s) only.
         args: :class:`~poolkit.settings.BatchingArgs` (batch window, batch budget,
-            queue limits); keyword ``overrides`` replace single fields.
+            queue limits, model workers); keyword ``overrides`` replace single fields.
         stats: optional metrics sink.
     """
 
@@ -186,6 +188,10 @@ class AsyncPoolingEngine:
         self.max_queued_tokens = self.args.max_queued_tokens
         self.max_queue_wait = self.args.max_queue_wait
         self.stats = stats
+        self.num_workers = self.args.model_workers
+        if self.num_workers > 1 and self.engine.runner.device.type != "cpu":
+            raise ValueError(f"model_workers={self.num_workers}: several model workers run CPU engines only "
+                             f"(this one runs on {self.engine.runner.device.type})")
         self._queue: list[_Work] = []
         self._queued_tokens = 0
         self._cond = threading.Condition()
@@ -193,8 +199,8 @@ class AsyncPoolingEngine:
         self._incoming = 0  # requests accepted and being tokenized, not yet queued
         self._incoming_tokens = 0  # the estimated tokens of their first parts
         self._queued_first_tokens = 0  # queued tokens of requests' first parts (what a newcomer waits for)
-        self._tokens_per_s = 0.0  # moving average of the model's speed, for admission and Retry-After
-        self._worker: threading.Thread | None = None
+        self._tokens_per_s = 0.0  # moving average of one worker's speed, for admission and Retry-After
+        self._workers: list[threading.Thread] = []
         self._request_ids = counter_ids()
         processor = self.tasks.processor
         express_tasks = Tasks(self.model_config, InputProcessor(copy.deepcopy(processor.tokenizer),
@@ -205,13 +211,27 @@ class AsyncPoolingEngine:
     # -- lifecycle ----------------------------------------------------------
 
     def start(self) -> None:
-        if self._worker is None:
-            self._worker = threading.Thread(target=self._worker_loop, name="poolkit-model-worker", daemon=True)
-            self._worker.start()
+        """Start the model worker(s); with several, each runs on its share of this thread's CPU threads."""
+        if self._workers:
+            return
+        threads = None
+        if self.num_workers > 1:
+            total = cpu_threads()
+            threads = max(1, total // self.num_workers)
+            ready = threading.Barrier(self.num_workers + 1)
+        for i in range(self.num_workers):
+            name = "poolkit-model-worker" + (f"-{i}" if self.num_workers > 1 else "")
+            worker = threading.Thread(target=self._worker_main, args=(threads, ready if threads else None),
+                                      name=name, daemon=True)
+            worker.start()
+            self._workers.append(worker)
+        if threads:
+            ready.wait()  # every worker has its own team size now: restore the default for later threads
+            use_cpu_threads(total)
 
     @property
     def is_running(self) -> bool:
-        return self._worker is not None and self._worker.is_alive() and not self._closing
+        return any(w.is_alive() for w in self._workers) and not self._closing
 
     @property
     def queued_tokens(self) -> int:
@@ -222,10 +242,13 @@ class AsyncPoolingEngine:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        if self._worker is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._worker.join, timeout)
-            if self._worker.is_alive():
-                logger.warning("Model worker still busy after %.1f s; leaving it behind", timeout or 0.0)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for worker in self._workers:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            await asyncio.get_running_loop().run_in_executor(None, worker.join, left)
+            if worker.is_alive():
+                logger.warning("Model worker %s still busy after %.1f s; leaving it behind", worker.name,
+                               timeout or 0.0)
         for lane in (self._express, self._bulk):
             lane.pool.shutdown(wait=False, cancel_futures=True)
 
@@ -239,7 +262,7 @@ class AsyncPoolingEngine:
         """
         if self._tokens_per_s <= 0:
             return 0.0
-        return (self._queued_first_tokens + self._incoming_tokens) / self._tokens_per_s
+        return (self._queued_first_tokens + self._incoming_tokens) / (self._tokens_per_s * self.num_workers)
 
     def admit(self) -> None:
         """Refuse at once what would wait too long (``QueueFullError``) or arrives while closing."""
@@ -413,22 +436,24 @@ class AsyncPoolingEngine:
 
     def _next_batch(self) -> list[_Work] | None:
         with self._cond:
-            while not self._queue:
-                if self._closing:
-                    return None
-                self._cond.wait()
-            # Wait batch_wait after the latest arrival (a burst keeps the window open), and while
-            # requests the server already holds are still being tokenized; never past max_batch_wait
-            # after the oldest request, nor once the token budget is full.
-            hard_deadline = self._queue[0].enqueued + self.max_batch_wait_s
-            while not self._closing and self._queued_tokens < self.max_batch_tokens:
-                deadline = hard_deadline
-                if self._incoming == 0:
-                    deadline = min(deadline, self._queue[-1].enqueued + self.batch_wait_s)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+            while True:
+                while not self._queue:
+                    if self._closing:
+                        return None
+                    self._cond.wait()
+                # Wait batch_wait after the latest arrival (a burst keeps the window open), and while
+                # requests the server already holds are still being tokenized; never past max_batch_wait
+                # after the oldest request, nor once the token budget is full.
+                while self._queue and not self._closing and self._queued_tokens < self.max_batch_tokens:
+                    deadline = self._queue[0].enqueued + self.max_batch_wait_s
+                    if self._incoming == 0:
+                        deadline = min(deadline, self._queue[-1].enqueued + self.batch_wait_s)
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                if self._queue:  # (another worker may have taken everything meanwhile)
                     break
-                self._cond.wait(remaining)
             # Every request's first parts before any later part (then oldest first): a small request is
             # served next even behind a large one, and large requests take turns. Later parts fill a call
             # only up to the bulk budget, so that the call a newcomer waits for stays short.
@@ -523,10 +548,17 @@ class AsyncPoolingEngine:
         except RuntimeError:  # the event loop is closed: nobody is waiting any more
             pass
 
+    def _worker_main(self, threads: int | None, ready: threading.Barrier | None) -> None:
+        if threads is not None and ready is not None:
+            use_cpu_threads(threads)
+            ready.wait()
+        self._worker_loop()
+
     def _worker_loop(self) -> None:
         logger.info("Model worker started (batch wait %.1f ms, batch budget %d tokens, %d for large requests' "
-                    "parts, queue limits %d tokens and %gs of expected wait)", self.batch_wait_s * 1000,
-                    self.max_batch_tokens, self.max_bulk_batch_tokens, self.max_queued_tokens, self.max_queue_wait)
+                    "parts, queue limits %d tokens and %gs of expected wait; %d CPU threads, %d worker(s))",
+                    self.batch_wait_s * 1000, self.max_batch_tokens, self.max_bulk_batch_tokens,
+                    self.max_queued_tokens, self.max_queue_wait, cpu_threads(), self.num_workers)
         while True:
             batch = self._next_batch()
             if batch is None:

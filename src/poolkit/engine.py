@@ -105,6 +105,22 @@ class PoolingEngine:
         return [row.numpy() for row in self.pooler.head(pooled, options)]
 
 
+def cpu_threads() -> int:
+    """torch's CPU threads for the calling thread's forward passes."""
+    return torch.get_num_threads()
+
+
+def use_cpu_threads(threads: int) -> None:
+    """Run the calling thread's forward passes on ``threads`` CPU threads.
+
+    The OpenMP team size is per thread, but a thread reads the process default the first time it asks (lazily),
+    and ``torch.set_num_threads`` also sets that default: ask first, then set. A caller that changes only some
+    threads restores the default afterwards (``use_cpu_threads(previous)`` on its own thread).
+    """
+    torch.get_num_threads()
+    torch.set_num_threads(threads)
+
+
 def _progress(total: int, use_tqdm: bool) -> tqdm:
     """A prompt progress bar; tqdm hides it by itself when stderr is not a terminal."""
     return tqdm(total=total, desc="Processed prompts", unit="prompt", disable=None if use_tqdm else True)

@@ -386,6 +386,11 @@ class BatchingArgs:
         2048, help="a request larger than max_batch_tokens is queued in parts of this many tokens, and an engine "
                    "call takes such parts only up to this many tokens: a small request arriving meanwhile waits for "
                    "one short call, not a full batch. 0: max_batch_tokens")
+    model_workers: int = setting(
+        1, help="model worker threads (CPU engines): each runs whole merged batches on its share of torch's CPU "
+                "threads. Under many concurrent clients, 2 single-thread workers keep a 2-core machine busier than "
+                "one worker with a 2-thread team, which stalls whenever anything else takes a core; a lone "
+                "request then runs on fewer threads")
     max_queued_tokens: int = setting(1 << 20, help="queued tokens beyond which requests get 429 + Retry-After")
     max_queue_wait: float = setting(
         5.0, help="seconds a new request may expect to wait for the model (queued tokens / measured tokens per "
@@ -396,3 +401,5 @@ class BatchingArgs:
         for name in ("batch_wait_ms", "max_queue_wait", "max_bulk_batch_tokens"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.model_workers < 1:
+            raise ValueError(f"model_workers must be >= 1, got {self.model_workers!r}")
