@@ -20,8 +20,8 @@ On a shared machine, check `uptime` first: the load generator itself shares the 
 so it is aiohttp by default (~2% of a core at 16 x 16 where httpx, `--client httpx`, took ~8%).
 `--in-process` also runs the load on the server's batching engine in this process, without HTTP: the
 ratios then split the gap to offline into batching (in-process / offline) and HTTP (server / in-process).
-`--model-workers 2` serves with two single-thread model workers (and runs the in-process engine so): on a
-2-core machine, the throughput setting for many concurrent clients.
+`--model-workers N` sets the server's model workers (and the in-process engine's); `--model-workers 1` is the
+single worker of earlier sessions' figures.
 `--cpu` prints where the CPU went in each round: the server's event-loop thread, its other threads
 (model worker, OpenMP team, tokenizer lanes), the load generator, and the offline run's own share.
 """
@@ -162,10 +162,10 @@ async def run_load(url: str, path: str, texts: list[str], clients: int, per_requ
 
 
 async def run_in_process(llm: Any, texts: list[str], clients: int, per_request: int, max_seconds: float,
-                         warmup: int, model_workers: int = 1) -> dict:
+                         warmup: int, model_workers: int | None = None) -> dict:
     """The same load on the server's batching engine (``AsyncPoolingEngine``, default batching settings but
-    ``model_workers``) over ``llm``, called from this process's event loop: the server without HTTP, its event
-    loop and its clients."""
+    ``model_workers``, None: the default) over ``llm``, called from this process's event loop: the server without
+    HTTP, its event loop and its clients."""
     from poolkit.async_engine import AsyncPoolingEngine
 
     engine = AsyncPoolingEngine(llm, model_workers=model_workers)
@@ -278,8 +278,9 @@ def main() -> int:
     p.add_argument("--url", help="Use a running poolkit server instead of starting one")
     p.add_argument("--api-key")
     p.add_argument("--server-args", default="", help="Extra flags for poolkit serve, e.g. '--batch-wait-ms 5'")
-    p.add_argument("--model-workers", type=int, default=1,
-                   help="poolkit serve --model-workers, and the same for the --in-process engine (default: %(default)s)")
+    p.add_argument("--model-workers", type=int,
+                   help="poolkit serve --model-workers, and the same for the --in-process engine (default: the "
+                        "server's: 2 on a CPU)")
     p.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
                    help="Environment of the started server only, e.g. OMP_WAIT_POLICY=passive (repeatable). Not "
                         "OMP_WAIT_POLICY=active: the idle server's spinning threads slow the offline run beside it")
@@ -324,8 +325,9 @@ def main() -> int:
     if url is None:
         from poolkit.entrypoints.testing import RemoteServer
 
-        server = RemoteServer(args.model, ["--disable-access-log", "--model-workers", str(args.model_workers),
-                                           *shlex.split(args.server_args)], api_key=args.api_key,
+        workers = [] if args.model_workers is None else ["--model-workers", str(args.model_workers)]
+        server = RemoteServer(args.model, ["--disable-access-log", *workers, *shlex.split(args.server_args)],
+                              api_key=args.api_key,
                               env=dict(item.split("=", 1) for item in args.server_env))
         url = stack.enter_context(server).url
         args.pid = server.proc.pid if server.proc is not None else None

@@ -258,37 +258,71 @@ async def test_large_request_is_chunked_and_keeps_order(llm, monkeypatch) -> Non
 
 
 async def test_model_workers_run_batches_side_by_side_on_their_share_of_the_threads(llm, monkeypatch) -> None:
-    """model_workers=2: two batches run at once, on two threads with half the CPU threads each (the starting
-    thread keeps its own), and every result is the offline one."""
+    """Two workers (the second joins as soon as one token waits): two batches run at the same time; a lone
+    batch runs on all the CPU threads; results as offline."""
     import torch
 
     total = torch.get_num_threads()
     real_execute = llm.engine.execute
     side_by_side = threading.Barrier(2, timeout=30)  # passes only when two engine calls are in flight together
-    seen: dict[str, int] = {}
-    calls = itertools.count()
+    calls: list[tuple[str, int]] = []  # (worker, its CPU threads) per engine call
+    numbered = itertools.count()
 
     def execute(*args, **kwargs):
-        seen[threading.current_thread().name] = torch.get_num_threads()
-        if next(calls) < 2:  # the first two calls wait for each other
+        calls.append((threading.current_thread().name, torch.get_num_threads()))
+        if next(numbered) < 2:  # the first two calls wait for each other
             with contextlib.suppress(threading.BrokenBarrierError):
                 side_by_side.wait()
         return real_execute(*args, **kwargs)
 
     monkeypatch.setattr(llm.engine, "execute", execute)
-    engine = AsyncPoolingEngine(llm, batch_wait_ms=0, max_batch_tokens=16, model_workers=2, max_queue_wait=0)
+    engine = AsyncPoolingEngine(llm, batch_wait_ms=0, max_batch_tokens=16, model_workers=2, worker_spill_tokens=1,
+                                max_queue_wait=0)
     engine.start()
     texts = [TEXTS[i % len(TEXTS)] + " x" * (i % 5) for i in range(40)]
     try:
         results = await asyncio.gather(*(engine.process("classify", text) for text in texts))
         assert engine.is_running  # no worker died taking work the other had just taken
+        calls.clear()
+        await engine.process("classify", TEXTS[0])  # alone
     finally:
         await engine.close()
     assert not side_by_side.broken, "the two workers never ran a batch at the same time"
-    assert seen == {"poolkit-model-worker-0": max(1, total // 2), "poolkit-model-worker-1": max(1, total // 2)}
-    assert torch.get_num_threads() == total
+    assert calls == [(calls[0][0], total)]
     expected = llm.classify(texts, use_tqdm=False)
     np.testing.assert_allclose([r[0].outputs.probs for r in results], [e.outputs.probs for e in expected], atol=1e-5)
+    assert torch.get_num_threads() == total  # the caller's own threads are untouched
+
+
+async def test_a_second_worker_joins_only_when_enough_work_waits(llm, monkeypatch) -> None:
+    """worker_spill_tokens=30: while the first worker is busy, 20 queued tokens wait for it; once 35 wait, the
+    second worker takes them all in one batch beside it, on its half of the threads."""
+    import torch
+
+    engine = AsyncPoolingEngine(llm, batch_wait_ms=0, model_workers=2, worker_spill_tokens=30, max_queue_wait=0)
+    engine.start()
+    calls: list[list[list[int]]] = []
+    threads: list[int] = []
+    try:
+        with recorded_calls(llm, monkeypatch, calls) as entered:
+            recorded = llm.engine.execute
+
+            def execute(*args, **kwargs):
+                threads.append(torch.get_num_threads())
+                return recorded(*args, **kwargs)
+
+            monkeypatch.setattr(llm.engine, "execute", execute)
+            first = asyncio.create_task(engine.process("classify", ids(5)))
+            await until(entered.is_set, "the first worker to take the first request")
+            waiting = asyncio.create_task(engine.process("classify", ids(20)))
+            await until(lambda: engine.queued_tokens == 20, "20 tokens to wait")
+            spilled = asyncio.create_task(engine.process("classify", ids(15)))
+            await until(lambda: len(calls) == 2, "the second worker to take the waiting work")
+            assert calls[1] == [ids(20), ids(15)]  # not the 20 tokens alone, before the 15 came
+        await asyncio.gather(first, waiting, spilled)
+    finally:
+        await engine.close()
+    assert threads[1] == max(1, torch.get_num_threads() // 2)
 
 
 def test_model_workers_are_validated(llm, monkeypatch) -> None:

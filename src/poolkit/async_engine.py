@@ -18,9 +18,12 @@ same task layer (:mod:`poolkit.tasks`) as the offline API.
 - **Batching**: a model worker thread takes everything queued within a short
   window (a few ms) up to a token budget and runs ``PoolingEngine.execute``
   once on the merged batch. If a merged batch fails, every request in it is
-  retried on its own, so one bad request never fails the others. One worker by
-  default; on CPUs, ``model_workers`` threads share the model and split torch's
-  CPU threads between them, each taking the next batch when it is free.
+  retried on its own, so one bad request never fails the others. On CPUs two
+  workers by default (``model_workers``), sharing the model: the second takes a
+  batch only while one runs and ``worker_spill_tokens`` more wait; a batch runs
+  on all of torch's CPU threads when it starts alone with no such backlog, else
+  on its share. A thread team that fills every core stalls whenever anything
+  else takes one; two smaller teams lose only the core taken.
 - **Cancelled and expired work is not run**: a request whose caller went away
   (its coroutine cancelled) drops its queued slices; a request still queued
   twice ``max_queue_wait`` after it arrived fails with :class:`QueueTimeoutError`
@@ -188,10 +191,17 @@ class AsyncPoolingEngine:
         self.max_queued_tokens = self.args.max_queued_tokens
         self.max_queue_wait = self.args.max_queue_wait
         self.stats = stats
-        self.num_workers = self.args.model_workers
-        if self.num_workers > 1 and self.engine.runner.device.type != "cpu":
-            raise ValueError(f"model_workers={self.num_workers}: several model workers run CPU engines only "
+        on_cpu = self.engine.runner.device.type == "cpu"
+        workers = self.args.model_workers
+        if workers is None:  # auto
+            workers = 2 if on_cpu and cpu_threads() >= 2 else 1
+        elif workers > 1 and not on_cpu:
+            raise ValueError(f"model_workers={workers}: several model workers run CPU engines only "
                              f"(this one runs on {self.engine.runner.device.type})")
+        self.num_workers = workers
+        self.spill_tokens = self.args.worker_spill_tokens
+        self._running = 0  # batches running now
+        self._cpu_threads = 0  # what the starting thread had: the workers' threads, shared by the batches running
         self._queue: list[_Work] = []
         self._queued_tokens = 0
         self._cond = threading.Condition()
@@ -199,7 +209,7 @@ class AsyncPoolingEngine:
         self._incoming = 0  # requests accepted and being tokenized, not yet queued
         self._incoming_tokens = 0  # the estimated tokens of their first parts
         self._queued_first_tokens = 0  # queued tokens of requests' first parts (what a newcomer waits for)
-        self._tokens_per_s = 0.0  # moving average of one worker's speed, for admission and Retry-After
+        self._tokens_per_s = 0.0  # moving average of the model's speed, for admission and Retry-After
         self._workers: list[threading.Thread] = []
         self._request_ids = counter_ids()
         processor = self.tasks.processor
@@ -211,23 +221,15 @@ class AsyncPoolingEngine:
     # -- lifecycle ----------------------------------------------------------
 
     def start(self) -> None:
-        """Start the model worker(s); with several, each runs on its share of this thread's CPU threads."""
+        """Start the model worker(s); their batches share this thread's CPU threads."""
         if self._workers:
             return
-        threads = None
-        if self.num_workers > 1:
-            total = cpu_threads()
-            threads = max(1, total // self.num_workers)
-            ready = threading.Barrier(self.num_workers + 1)
-        for i in range(self.num_workers):
-            name = "poolkit-model-worker" + (f"-{i}" if self.num_workers > 1 else "")
-            worker = threading.Thread(target=self._worker_main, args=(threads, ready if threads else None),
-                                      name=name, daemon=True)
+        self._cpu_threads = cpu_threads()
+        for index in range(self.num_workers):
+            name = "poolkit-model-worker" + (f"-{index}" if self.num_workers > 1 else "")
+            worker = threading.Thread(target=self._worker_loop, args=(index,), name=name, daemon=True)
             worker.start()
             self._workers.append(worker)
-        if threads:
-            ready.wait()  # every worker has its own team size now: restore the default for later threads
-            use_cpu_threads(total)
 
     @property
     def is_running(self) -> bool:
@@ -262,7 +264,7 @@ class AsyncPoolingEngine:
         """
         if self._tokens_per_s <= 0:
             return 0.0
-        return (self._queued_first_tokens + self._incoming_tokens) / (self._tokens_per_s * self.num_workers)
+        return (self._queued_first_tokens + self._incoming_tokens) / self._tokens_per_s
 
     def admit(self) -> None:
         """Refuse at once what would wait too long (``QueueFullError``) or arrives while closing."""
@@ -314,7 +316,7 @@ class AsyncPoolingEngine:
             with self._cond:
                 self._incoming -= 1
                 self._incoming_tokens -= estimated_tokens
-                self._cond.notify()
+                self._cond.notify_all()
 
     # -- requests -------------------------------------------------------------------
 
@@ -413,7 +415,7 @@ class AsyncPoolingEngine:
             self._queued_tokens += total
             self._queued_first_tokens += sum(w.num_tokens for w in items if w.part == 0)
             queued = self._queued_tokens
-            self._cond.notify()
+            self._cond.notify_all()
         if self.stats is not None:
             self.stats.set_queued_tokens(queued)
         return items
@@ -434,11 +436,20 @@ class AsyncPoolingEngine:
 
     # -- the model worker thread ---------------------------------------------------
 
-    def _next_batch(self) -> list[_Work] | None:
+    def _may_take(self, index: int) -> bool:
+        """Whether worker ``index`` may take a batch now: the first whenever work is queued, the others only
+        while a batch runs and at least ``spill_tokens`` wait (or the engine is draining)."""
+        if not self._queue:
+            return False
+        return index == 0 or self._closing or (self._running > 0 and self._queued_tokens >= self.spill_tokens)
+
+    def _next_batch(self, index: int = 0) -> tuple[list[_Work], int] | None:
+        """Worker ``index``'s next batch (counted as running) and the CPU threads to run it on, or None once
+        the engine is closed and drained."""
         with self._cond:
             while True:
-                while not self._queue:
-                    if self._closing:
+                while not self._may_take(index):
+                    if self._closing and not self._queue:
                         return None
                     self._cond.wait()
                 # Wait batch_wait after the latest arrival (a burst keeps the window open), and while
@@ -452,7 +463,7 @@ class AsyncPoolingEngine:
                     if remaining <= 0:
                         break
                     self._cond.wait(remaining)
-                if self._queue:  # (another worker may have taken everything meanwhile)
+                if self._may_take(index):  # (another worker may have taken the work meanwhile)
                     break
             # Every request's first parts before any later part (then oldest first): a small request is
             # served next even behind a large one, and large requests take turns. Later parts fill a call
@@ -474,9 +485,15 @@ class AsyncPoolingEngine:
                     tokens += item.num_tokens
             self._queue = [w for w in self._queue if id(w) not in taken]
             queued = self._queued_tokens
+            self._running += 1
+            # This batch's share of the CPU threads: all of them while it runs alone and no other worker is
+            # about to join (a thread team cannot shrink mid-call, and one joining later would crowd it).
+            company = self._running > 1 or (self.num_workers > 1 and self._queued_tokens >= self.spill_tokens)
+            threads = max(1, self._cpu_threads // self.num_workers) if company else self._cpu_threads
+            self._cond.notify_all()  # another worker may join now
         if self.stats is not None:
             self.stats.set_queued_tokens(queued)
-        return batch
+        return batch, threads
 
     def _skipped(self, item: _Work) -> bool:
         """True for work that must not run: its caller went away, or it waited past its deadline."""
@@ -498,6 +515,7 @@ class AsyncPoolingEngine:
 
     def _run_batch(self, batch: list[_Work]) -> None:
         now = time.monotonic()
+        running = max(1, self._running)  # batches running beside this one share the machine
         live = [w for w in batch if not w.future.cancelled()]
         if self.stats is not None:
             for w in batch:
@@ -525,7 +543,7 @@ class AsyncPoolingEngine:
             return
         elapsed = time.monotonic() - now
         if elapsed > 0:
-            rate = num_tokens / elapsed
+            rate = running * num_tokens / elapsed  # the whole model's speed, not this worker's share
             self._tokens_per_s = rate if self._tokens_per_s == 0 else 0.8 * self._tokens_per_s + 0.2 * rate
         if self.stats is not None:
             self.stats.observe_batch(len(prompts), num_tokens, elapsed)
@@ -548,25 +566,30 @@ class AsyncPoolingEngine:
         except RuntimeError:  # the event loop is closed: nobody is waiting any more
             pass
 
-    def _worker_main(self, threads: int | None, ready: threading.Barrier | None) -> None:
-        if threads is not None and ready is not None:
-            use_cpu_threads(threads)
-            ready.wait()
-        self._worker_loop()
-
-    def _worker_loop(self) -> None:
-        logger.info("Model worker started (batch wait %.1f ms, batch budget %d tokens, %d for large requests' "
-                    "parts, queue limits %d tokens and %gs of expected wait; %d CPU threads, %d worker(s))",
-                    self.batch_wait_s * 1000, self.max_batch_tokens, self.max_bulk_batch_tokens,
-                    self.max_queued_tokens, self.max_queue_wait, cpu_threads(), self.num_workers)
+    def _worker_loop(self, index: int = 0) -> None:
+        if index == 0:
+            logger.info("Model worker(s) started: %d (batch wait %.1f ms, batch budget %d tokens, %d for large "
+                        "requests' parts, queue limits %d tokens and %gs of expected wait, %d CPU threads shared "
+                        "by the batches running, a second batch while %d tokens wait)", self.num_workers,
+                        self.batch_wait_s * 1000, self.max_batch_tokens, self.max_bulk_batch_tokens,
+                        self.max_queued_tokens, self.max_queue_wait, self._cpu_threads, self.spill_tokens)
+        current = None
         while True:
-            batch = self._next_batch()
-            if batch is None:
+            taken = self._next_batch(index)
+            if taken is None:
                 break
+            batch, threads = taken
             try:
+                if self.num_workers > 1 and threads != current:
+                    use_cpu_threads(threads)
+                    current = threads
                 self._run_batch(batch)
             except BaseException as exc:  # never die with requests outstanding
                 logger.exception("Model worker error")
                 for w in batch:
                     self._finish(w, None, EngineExecutionError(f"Internal error: {exc}"))
+            finally:
+                with self._cond:
+                    self._running -= 1
+                    self._cond.notify_all()
         logger.info("Model worker stopped")

@@ -386,11 +386,14 @@ class BatchingArgs:
         2048, help="a request larger than max_batch_tokens is queued in parts of this many tokens, and an engine "
                    "call takes such parts only up to this many tokens: a small request arriving meanwhile waits for "
                    "one short call, not a full batch. 0: max_batch_tokens")
-    model_workers: int = setting(
-        1, help="model worker threads (CPU engines): each runs whole merged batches on its share of torch's CPU "
-                "threads. Under many concurrent clients, 2 single-thread workers keep a 2-core machine busier than "
-                "one worker with a 2-thread team, which stalls whenever anything else takes a core; a lone "
-                "request then runs on fewer threads")
+    model_workers: int | None = setting(
+        None, help="model worker threads, each running whole merged batches (None: 2 on CPU engines with 2 or more "
+                   "CPU threads, else 1; more than 1 only on CPUs). A worker alone uses all of torch's CPU threads; "
+                   "batches running side by side share them", parse=parse_optional_int)
+    worker_spill_tokens: int = setting(
+        512, help="with several model workers: queued tokens beyond which another worker starts a batch beside "
+                  "the running one (0: whenever one is free). Under many clients two half-size thread teams beat "
+                  "one that fills every core; with few, one full team on merged batches is faster")
     max_queued_tokens: int = setting(1 << 20, help="queued tokens beyond which requests get 429 + Retry-After")
     max_queue_wait: float = setting(
         5.0, help="seconds a new request may expect to wait for the model (queued tokens / measured tokens per "
@@ -401,5 +404,7 @@ class BatchingArgs:
         for name in ("batch_wait_ms", "max_queue_wait", "max_bulk_batch_tokens"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.model_workers < 1:
+        if self.model_workers is not None and self.model_workers < 1:
             raise ValueError(f"model_workers must be >= 1, got {self.model_workers!r}")
+        if self.worker_spill_tokens < 0:
+            raise ValueError(f"worker_spill_tokens must be >= 0, got {self.worker_spill_tokens!r}")

@@ -204,7 +204,9 @@ class RemoteServer:
         self.port = port or free_port()
         self.api_key = api_key
         self.startup_timeout = startup_timeout
-        self.args = ["serve", model, "--host", "127.0.0.1", "--port", str(self.port), *args]
+        # Gated: one model worker, so that holding the gate holds every batch and later work stays queued.
+        one_worker = ["--model-workers", "1"] if gated else []
+        self.args = ["serve", model, "--host", "127.0.0.1", "--port", str(self.port), *one_worker, *args]
         if api_key:
             self.args += ["--api-key", api_key]
         self.env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})}
