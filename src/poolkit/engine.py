@@ -113,9 +113,9 @@ def cpu_threads() -> int:
 def use_cpu_threads(threads: int) -> None:
     """Run the calling thread's forward passes on ``threads`` CPU threads.
 
-    The OpenMP team size is per thread, but a thread reads the process default the first time it asks (lazily),
-    and ``torch.set_num_threads`` also sets that default: ask first, then set. A caller that changes only some
-    threads restores the default afterwards (``use_cpu_threads(previous)`` on its own thread).
+    The OpenMP team size is per thread, but a thread reads the process default the first time it asks (lazily):
+    ask first, then set. ``torch.set_num_threads`` also sets that default, so a thread that first asks later
+    starts with the last value set here.
     """
     torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -401,10 +401,8 @@ class BatchingArgs:
                   "request still queued twice as long after it arrived gets 503 instead of running. 0: no limit")
 
     def __post_init__(self) -> None:
-        for name in ("batch_wait_ms", "max_queue_wait", "max_bulk_batch_tokens"):
+        for name in ("batch_wait_ms", "max_queue_wait", "max_bulk_batch_tokens", "worker_spill_tokens"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.model_workers is not None and self.model_workers < 1:
             raise ValueError(f"model_workers must be >= 1, got {self.model_workers!r}")
-        if self.worker_spill_tokens < 0:
-            raise ValueError(f"worker_spill_tokens must be >= 0, got {self.worker_spill_tokens!r}")
